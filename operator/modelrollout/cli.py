@@ -1,0 +1,154 @@
+"""`modelrollout ...`: the same engine as the operator, for a terminal or a CI pipeline.
+
+Exit codes: 0 the decision is to promote, 1 it is not, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelrollout.core.engine import Predicted, build_report, score_quality
+from modelrollout.core.quality import DataError
+from modelrollout.core.report import Report, to_json, to_markdown, to_text
+from modelrollout.core.spec import SpecError, parse_gates_file
+from modelrollout.holdout import prepare, read_predictions, read_table
+
+EXIT_PROMOTE, EXIT_REJECT, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the command line; printed without a traceback, exit 2."""
+
+
+def _load_yaml(path: str) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path}: not valid YAML ({e})") from None
+
+
+def write_outputs(rep: Report, args: argparse.Namespace) -> None:
+    print(to_text(rep))
+    if getattr(args, "output", None):
+        Path(args.output).write_text(json.dumps(to_json(rep), indent=2) + "\n")
+    if getattr(args, "markdown", None):
+        Path(args.markdown).write_text(to_markdown(rep))
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    gates_doc = _load_yaml(args.gates)
+    gf = parse_gates_file(gates_doc, task=args.task, has_baseline=args.baseline is not None)
+    task = args.task or gf.task
+    if task is None:
+        raise UsageError("the task is needed: give --task or put `task:` in the gates file")
+    df = read_table(args.holdout)
+    hold = prepare(df, task=task, label_column=args.label_column, slice_columns=args.slice_column or [],
+                   name=args.holdout)
+    cand = read_predictions(args.candidate, task=task, column=args.prediction_column)
+    base = read_predictions(args.baseline, task=task, column=args.prediction_column) if args.baseline else None
+    cmp = score_quality(
+        task, hold.labels, Predicted(cand.labels, cand.scores, cand.classes),
+        Predicted(base.labels, base.scores, base.classes) if base else None, gf.quality,
+        positive_label=args.positive_label, n_features=hold.features.shape[1], slices=hold.slices,
+    )
+    rep = build_report(task, gf.gates, cmp, data_quality=hold.summary)
+    write_outputs(rep, args)
+    return EXIT_PROMOTE if rep.decision.promote else EXIT_REJECT
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from modelrollout.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from modelrollout.evaluate import run_evaluate
+
+    return run_evaluate(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from modelrollout.serving.server import run_server
+
+    return run_server(args)
+
+
+def _label(v: str) -> Any:
+    try:
+        return int(v)
+    except ValueError:
+        return v
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelrollout", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="gate predictions that already exist (e.g. from a batch job)")
+    s.add_argument("--holdout", required=True, help="hold-out file: .csv, .parquet, .jsonl or .npz")
+    s.add_argument("--label-column", required=True)
+    s.add_argument("--slice-column", action="append", help="a column to report per-group figures for")
+    s.add_argument("--candidate", required=True, help="candidate predictions (column `prediction`, "
+                   "optional `score` or `proba_<class>`)")
+    s.add_argument("--baseline", help="baseline predictions, same layout")
+    s.add_argument("--prediction-column", default="prediction")
+    s.add_argument("--positive-label", type=_label, default=None)
+    s.add_argument("--task", choices=["binary-classification", "multiclass-classification", "regression"])
+    s.add_argument("--gates", required=True, help="a ModelRollout manifest or a file with `gates:`")
+    s.add_argument("--output", help="write the JSON report here")
+    s.add_argument("--markdown", help="write a Markdown report (for a pull-request comment) here")
+    s.set_defaults(func=cmd_score)
+
+    d = sub.add_parser("demo", help="train, serve and gate two models on this machine, no cluster needed")
+    d.add_argument("--report-dir", default="modelrollout-report")
+    d.add_argument("--duration", default="3s", help="load per batch size (default 3s)")
+    d.add_argument("--metrics-file", help="also write the figures in Prometheus textfile format")
+    d.add_argument("--pushgateway", help="also push the figures to this Pushgateway URL")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("evaluate", help="evaluate model servers that are already running")
+    e.add_argument("-f", "--file", required=True, help="a ModelRollout manifest")
+    e.add_argument("--candidate", required=True, help="candidate server base URL")
+    e.add_argument("--baseline", help="baseline server base URL")
+    e.add_argument("--holdout", help="hold-out file (overrides spec.holdout)")
+    e.add_argument("--output", help="write the JSON report here")
+    e.add_argument("--markdown", help="write a Markdown report here")
+    e.add_argument("--metrics-file", help="also write the figures in Prometheus textfile format")
+    e.add_argument("--pushgateway", help="also push the figures to this Pushgateway URL")
+    e.set_defaults(func=cmd_evaluate)
+
+    v = sub.add_parser("serve", help="serve a scikit-learn model over the V2 and V1 inference protocols")
+    v.add_argument("model", help="model file (.skops by default)")
+    v.add_argument("--name", default="model")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickle/joblib file: loading one runs code from the file, so only for "
+                        "files you made yourself")
+    v.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except (SpecError, DataError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

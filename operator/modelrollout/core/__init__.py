@@ -1,0 +1,1 @@
+"""The pure engine: no I/O, no Kubernetes, no HTTP. Everything here is deterministic."""

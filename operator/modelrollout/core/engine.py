@@ -1,0 +1,81 @@
+"""From hold-out labels, predictions and probe figures to a report with a decision."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelrollout.core.figures import Task
+from modelrollout.core.gates import Evidence, decide, evaluate
+from modelrollout.core.quality import Comparison, Interval, compare, encode
+from modelrollout.core.report import Report
+from modelrollout.core.spec import Gate, QualitySettings
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """One variant's output on the hold-out rows, in row order."""
+
+    labels: np.ndarray
+    scores: np.ndarray | None = None
+    classes: Sequence[Any] | None = None
+
+
+@dataclass(frozen=True)
+class SystemFigures:
+    """Figures from the probes and capacity planning, with their sample sizes."""
+
+    values: Mapping[str, float]
+    samples: Mapping[str, int]
+    intervals: Mapping[str, Interval] | None = None
+
+
+def score_quality(
+    task: Task, labels: np.ndarray, candidate: Predicted, baseline: Predicted | None,
+    settings: QualitySettings, *, positive_label: Any = None, n_features: int | None = None,
+    slices: Mapping[str, Sequence[Any]] | None = None,
+) -> Comparison:
+    classes = candidate.classes or (baseline.classes if baseline else None)
+    enc = {"classes": classes, "positive_label": positive_label, "n_features": n_features}
+    cand = encode(task, labels, candidate.labels, candidate.scores, who="candidate predictions", **enc)
+    base = (encode(task, labels, baseline.labels, baseline.scores, who="baseline predictions", **enc)
+            if baseline is not None else None)
+    return compare(cand, base, level=settings.confidence, resamples=settings.resamples, seed=settings.seed,
+                   slices=slices)
+
+
+def build_report(
+    task: Task, gates: Sequence[Gate], quality: Comparison | None, *,
+    candidate_system: SystemFigures | None = None, baseline_system: SystemFigures | None = None,
+    data_quality: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None,
+) -> Report:
+    """Gather every figure into one Evidence, run the gates and decide."""
+    cand: dict[str, float] = {}
+    base: dict[str, float] | None = None
+    intervals: dict[str, Interval] = {}
+    delta_iv: dict[str, Interval] = {}
+    samples: dict[str, int] = {}
+    if quality is not None:
+        cand.update(quality.candidate.metrics)
+        intervals.update(quality.candidate.intervals)
+        delta_iv.update(quality.delta_intervals)
+        samples.update({k: quality.candidate.samples for k in quality.candidate.metrics})
+        if quality.baseline is not None:
+            base = dict(quality.baseline.metrics)
+    if candidate_system is not None:
+        cand.update(candidate_system.values)
+        samples.update(candidate_system.samples)
+        intervals.update(candidate_system.intervals or {})
+    if baseline_system is not None:
+        base = {**(base or {}), **baseline_system.values}
+    ev = Evidence(cand, base, intervals, delta_iv, samples)
+    results = evaluate(gates, ev)
+    return Report(
+        task=task, evidence=ev, gates=results, decision=decide(results),
+        candidate_quality=quality.candidate if quality else None,
+        baseline_quality=quality.baseline if quality else None,
+        data_quality=dict(data_quality or {}), details=dict(details or {}),
+    )

@@ -1,0 +1,55 @@
+"""The catalogue of figures the engine produces and gates may name.
+
+Gates take a mapping of figures, not a fixed list; this catalogue only lets the manifest
+parser reject names nothing will ever produce, and tells which direction is better.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+Task = Literal["binary-classification", "multiclass-classification", "regression"]
+TASKS: Final[tuple[Task, ...]] = ("binary-classification", "multiclass-classification", "regression")
+
+QUALITY: Final[dict[Task, tuple[str, ...]]] = {
+    "binary-classification": ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss"),
+    "multiclass-classification": (
+        "accuracy", "precision_macro", "recall_macro", "f1_macro",
+        "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc", "log_loss",
+    ),
+    "regression": ("mse", "rmse", "mae", "r2", "adjusted_r2", "mape"),
+}
+
+#: Figures from the probes and capacity planning, defined for every task.
+SYSTEM: Final[tuple[str, ...]] = (
+    "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_p999_ms",
+    "latency_max_ms", "throughput_rps", "error_rate_percent", "best_batch_size",
+    "memory_before_mib", "memory_peak_mib", "memory_after_mib", "memory_growth_percent",
+    "memory_growth_mib_per_10k_requests", "cpu_percent",
+    "replicas_fit", "fleet_throughput_rps", "replicas_needed", "cost_per_million_usd",
+)
+
+_LOWER_IS_BETTER: Final = frozenset({
+    "log_loss", "mse", "rmse", "mae", "mape", "error_rate_percent", "memory_before_mib",
+    "memory_peak_mib", "memory_after_mib", "memory_growth_percent", "memory_growth_mib_per_10k_requests",
+    "cpu_percent", "replicas_needed", "cost_per_million_usd",
+})
+
+SLICE_GAP_SUFFIX: Final = "_slice_gap"
+
+
+def figures_for(task: Task) -> tuple[str, ...]:
+    """Every figure name a gate may use for this task."""
+    quality = QUALITY[task]
+    return quality + tuple(m + SLICE_GAP_SUFFIX for m in quality) + SYSTEM
+
+
+def higher_is_better(metric: str) -> bool:
+    return not (
+        metric in _LOWER_IS_BETTER or metric.startswith("latency_") or metric.endswith(SLICE_GAP_SUFFIX)
+    )
+
+
+def task_for_metric(metric: str) -> list[Task]:
+    """The tasks that define a metric, for error messages."""
+    return [t for t in TASKS if metric in figures_for(t)]

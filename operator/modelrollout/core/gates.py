@@ -1,0 +1,192 @@
+"""Gate evaluation: each gate's value against its bound, with one plain sentence.
+
+The engine takes a mapping of figures, not a fixed list, so figures from later probes
+(latency, memory, replicas) are gated the same way as quality figures. A figure with no
+value is Inconclusive, never a pass; the decision promotes only when every blocking gate
+passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from modelrollout.core.figures import higher_is_better
+from modelrollout.core.quality import Interval
+from modelrollout.core.spec import Gate
+
+
+class Verdict(StrEnum):
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the gates look at: figures of both variants, intervals, sample sizes."""
+
+    candidate: Mapping[str, float]
+    baseline: Mapping[str, float] | None = None
+    intervals: Mapping[str, Interval] = field(default_factory=dict)
+    delta_intervals: Mapping[str, Interval] = field(default_factory=dict)
+    samples: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One bound of one gate (a gate with min and max yields two)."""
+
+    index: int  # position of the gate in spec.gates
+    metric: str
+    bound: str  # min | max | maxDrop | maxDropPercent | maxIncrease | maxIncreasePercent
+    threshold: float
+    verdict: Verdict
+    message: str
+    value: float | None = None
+    baseline: float | None = None
+    delta: float | None = None
+    interval: Interval | None = None
+    confidence: float | None = None
+    samples: int | None = None
+    dry_run: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is Verdict.PASS
+
+    @property
+    def blocking(self) -> bool:
+        return not self.dry_run
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if float(v).is_integer() and abs(v) < 1e12:
+        return str(int(v))
+    return f"{v:.4g}" if abs(v) >= 1 else f"{v:.4f}"
+
+
+def _value(fig: Mapping[str, float] | None, metric: str) -> float | None:
+    if fig is None:
+        return None
+    v = fig.get(metric)
+    if v is None or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _bounds(gate: Gate) -> list[tuple[str, float]]:
+    pairs = [
+        ("min", gate.min), ("max", gate.max), ("maxDrop", gate.max_drop),
+        ("maxDropPercent", gate.max_drop_percent), ("maxIncrease", gate.max_increase),
+        ("maxIncreasePercent", gate.max_increase_percent),
+    ]
+    return [(name, v) for name, v in pairs if v is not None]
+
+
+def evaluate_gate(index: int, gate: Gate, ev: Evidence) -> list[GateResult]:
+    return [_check(index, gate, bound, threshold, ev) for bound, threshold in _bounds(gate)]
+
+
+def _check(index: int, gate: Gate, bound: str, threshold: float, ev: Evidence) -> GateResult:
+    m = gate.metric
+    value = _value(ev.candidate, m)
+    base = _value(ev.baseline, m)
+    r = GateResult(
+        index=index, metric=m, bound=bound, threshold=threshold, verdict=Verdict.INCONCLUSIVE,
+        message="", value=value, baseline=base, delta=None if value is None or base is None else value - base,
+        interval=ev.intervals.get(m), confidence=gate.confidence, samples=ev.samples.get(m),
+        dry_run=gate.dry_run,
+    )
+    if value is None:
+        return replace(r, message=f"{m} has no value (no data, or every measurement failed)")
+    if bound == "min":
+        ok = value >= threshold
+        return _verdict(r, ok, f"{m} {_fmt(value)} {'meets' if ok else 'is below'} the minimum {_fmt(threshold)}")
+    if bound == "max":
+        ok = value <= threshold
+        return _verdict(r, ok, f"{m} {_fmt(value)} is {'within' if ok else 'above'} the maximum {_fmt(threshold)}")
+    return _relative(r, gate, value, base, ev)
+
+
+def _verdict(r: GateResult, ok: bool, message: str) -> GateResult:
+    return replace(r, verdict=Verdict.PASS if ok else Verdict.FAIL, message=message)
+
+
+def _relative(r: GateResult, gate: Gate, value: float, base: float | None, ev: Evidence) -> GateResult:
+    m, bound, threshold = r.metric, r.bound, r.threshold
+    if base is None:
+        return replace(r, message=f"{m} has no baseline value to compare with")
+    drop = bound.startswith("maxDrop")
+    percent = bound.endswith("Percent")
+    change = (base - value) if drop else (value - base)  # the change in the direction this bound limits
+    scale = abs(base) / 100 if percent else 1.0
+    if scale == 0:
+        return replace(r, message=f"{m} baseline is 0, so a percent change is undefined")
+    allowed = threshold * scale
+    unit = "%" if percent else ""
+    word = "drop" if drop else "increase"
+    limit = f"at most {_fmt(threshold)}{unit} allowed"
+    if gate.confidence is None:
+        return _verdict(r, change <= allowed, f"{m} {word}s by {_fmt(change / scale)}{unit} against the "
+                        f"baseline ({_fmt(base)} → {_fmt(value)}); {limit}")
+    iv = ev.delta_intervals.get(m)
+    if iv is None:
+        return replace(r, message=f"{m} has no paired interval against the baseline")
+    r = replace(r, interval=iv)
+    # worst and best plausible change in the limited direction, from the paired interval
+    worst = -iv.low if drop else iv.high
+    best = -iv.high if drop else iv.low
+    level = f"at {gate.confidence:.0%} confidence"
+    span = f"(candidate − baseline in [{_fmt(iv.low)}, {_fmt(iv.high)}])"
+    if worst <= allowed:
+        return _verdict(r, True, f"{level} {m} {word}s by at most {_fmt(worst / scale)}{unit} {span}; {limit}")
+    if best > allowed:
+        return _verdict(r, False, f"{level} {m} {word}s by at least {_fmt(best / scale)}{unit} {span}; {limit}")
+    return replace(r, message=f"{level} {m} may {word} by more than {_fmt(threshold)}{unit} {span}: "
+                   "not enough evidence either way")
+
+
+def evaluate(gates: Sequence[Gate], ev: Evidence) -> list[GateResult]:
+    return [r for i, g in enumerate(gates) for r in evaluate_gate(i, g, ev)]
+
+
+class Outcome(StrEnum):
+    PROMOTE = "Promote"
+    REJECT = "Reject"
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    reason: str
+    failed: tuple[GateResult, ...] = ()
+    inconclusive: tuple[GateResult, ...] = ()
+
+    @property
+    def promote(self) -> bool:
+        return self.outcome is Outcome.PROMOTE
+
+
+def decide(results: Iterable[GateResult]) -> Decision:
+    """Promote only when every blocking gate passed; a dry-run gate is reported, never blocks."""
+    rs = list(results)
+    blocking = [r for r in rs if r.blocking]
+    failed = tuple(r for r in blocking if r.verdict is Verdict.FAIL)
+    inconclusive = tuple(r for r in blocking if r.verdict is Verdict.INCONCLUSIVE)
+    if not blocking:
+        return Decision(Outcome.REJECT, "no blocking gate was evaluated")
+    if failed or inconclusive:
+        parts = [f"gate {r.index} failed: {r.message}" for r in failed]
+        parts += [f"gate {r.index} inconclusive: {r.message}" for r in inconclusive]
+        return Decision(Outcome.REJECT, "; ".join(parts), failed, inconclusive)
+    return Decision(Outcome.PROMOTE, f"all {len(blocking)} blocking gate checks passed")
+
+
+def worse(metric: str, delta: float) -> bool:
+    """Whether a candidate-minus-baseline change is for the worse, for display."""
+    return delta < 0 if higher_is_better(metric) else delta > 0

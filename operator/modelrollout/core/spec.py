@@ -1,0 +1,405 @@
+"""The ModelRollout manifest as typed objects, with every problem reported at once.
+
+Each problem names its field path (`spec.gates[2].metric`) and the bad value, so that a
+user can fix a manifest in one pass instead of one error per apply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from modelrollout.core.figures import TASKS, Task, figures_for, task_for_metric
+from modelrollout.core.units import parse_duration, parse_size
+
+GROUP = "modelrollout.dev"
+VERSION = "v1alpha1"
+KIND = "ModelRollout"
+API_VERSION = f"{GROUP}/{VERSION}"
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class SpecError(ValueError):
+    """All problems found in a manifest, each with its field path."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _err(kind: str, message: str) -> PydanticCustomError:
+    """A validation error whose message is already formatted (braces escaped)."""
+    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
+
+
+def _duration(v: Any) -> float:
+    try:
+        seconds = parse_duration(v)
+    except ValueError as e:
+        raise _err("duration", str(e)) from None
+    if seconds <= 0:
+        raise _err("duration", f"{v!r} must be a positive duration")
+    return seconds
+
+
+def _size(v: Any) -> float:
+    try:
+        size = parse_size(v)
+    except ValueError as e:
+        raise _err("size", str(e)) from None
+    if size <= 0:
+        raise _err("size", f"{v!r} must be a positive size")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Size = Annotated[float, BeforeValidator(_size)]
+Name = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=False
+    )
+
+
+class TargetRef(_Model):
+    kind: Literal["Deployment"] = "Deployment"
+    name: Name
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not _DNS1123.match(v):
+            raise _err("name", f"{v!r} is not a valid Kubernetes name (lower-case letters, digits and '-')")
+        return v
+
+
+class EnvVar(_Model):
+    name: Name
+    value: str = ""
+
+
+class Candidate(_Model):
+    image: str | None = None
+    env: list[EnvVar] = []
+    args: list[str] | None = None
+
+
+class SecretKeyRef(_Model):
+    name: Name
+    key: Name
+
+
+class Serving(_Model):
+    protocol: Literal["v2", "v1"] = "v2"
+    model_name: Name
+    port: int = Field(8080, ge=1, le=65535)
+    timeout: Duration = 10.0
+    max_response_size: Size = 8 * 2**20
+    auth_secret_ref: SecretKeyRef | None = None
+
+
+class Staging(_Model):
+    namespace: str | None = None
+    replicas: int = Field(1, ge=1, le=100)
+    ready_timeout: Duration = 300.0
+
+
+class ConfigMapRef(_Model):
+    name: Name
+    key: Name
+
+
+class UrlSource(_Model):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    secret_ref: SecretKeyRef | None = None
+
+
+class PvcSource(_Model):
+    claim_name: Name
+    path: Name
+
+
+class Holdout(_Model):
+    config_map_ref: ConfigMapRef | None = None
+    url: UrlSource | None = None
+    pvc: PvcSource | None = None
+    file: Name | None = None
+    format: Literal["csv", "parquet", "jsonl", "npz"] | None = None
+    label_column: Name
+    feature_columns: list[Name] | None = None
+    slice_columns: list[Name] = []
+    positive_label: str | int | None = None
+    max_rows: int | None = Field(None, ge=1)
+    max_size: Size = 256 * 2**20
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Holdout:
+        given = [n for n in ("configMapRef", "url", "pvc", "file") if getattr(self, _snake(n)) is not None]
+        if len(given) != 1:
+            got = ", ".join(given) or "none"
+            raise _err("holdout_source", f"exactly one of configMapRef, url, pvc or file is required, got {got}")
+        if self.label_column in self.slice_columns:
+            raise _err("holdout_columns", f"labelColumn {self.label_column!r} is also a slice column")
+        return self
+
+
+class Load(_Model):
+    duration: Duration = 20.0
+    warmup: Duration = 2.0
+    concurrency: int = Field(8, ge=1, le=1024)
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1)] = [1]
+    mode: Literal["closed", "open"] = "closed"
+    rate: float | None = Field(None, gt=0)
+    leak_requests: int = Field(20000, ge=0)
+
+    @model_validator(mode="after")
+    def _rate(self) -> Load:
+        if self.mode == "open" and self.rate is None:
+            raise _err("load_rate", "mode 'open' needs a rate (requests per second)")
+        return self
+
+
+class Capacity(_Model):
+    headroom_percent: float = Field(20.0, ge=0, le=1000)
+    target_rps: float | None = Field(None, gt=0)
+    node_price_per_hour: float | None = Field(None, ge=0)
+
+
+class QualitySettings(_Model):
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    resamples: int = Field(1000, ge=0, le=100000)
+    seed: int = 0
+
+
+class Gate(_Model):
+    metric: Name
+    min: float | None = None
+    max: float | None = None
+    max_drop: float | None = Field(None, ge=0)
+    max_drop_percent: float | None = Field(None, ge=0)
+    max_increase: float | None = Field(None, ge=0)
+    max_increase_percent: float | None = Field(None, ge=0)
+    confidence: float | None = Field(None, gt=0.5, lt=1)
+    dry_run: bool = False
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str, info: ValidationInfo) -> str:
+        ctx = info.context or {}
+        task = ctx.get("task")
+        if task in TASKS and v not in figures_for(task):
+            others = task_for_metric(v)
+            hint = f" (it is defined for {', '.join(others)})" if others else ""
+            raise _err("metric", f"{v!r} is not defined for task {task!r}{hint}")
+        if task not in TASKS and not any(v in figures_for(t) for t in TASKS):
+            raise _err("metric", f"{v!r} is not a known metric")
+        return v
+
+    @property
+    def relative(self) -> bool:
+        return any(
+            b is not None
+            for b in (self.max_drop, self.max_drop_percent, self.max_increase, self.max_increase_percent)
+        )
+
+    @model_validator(mode="after")
+    def _bounds(self, info: ValidationInfo) -> Gate:
+        if self.min is None and self.max is None and not self.relative:
+            raise _err(
+                "gate_bound",
+                "a gate needs a bound: min, max, maxDrop, maxDropPercent, maxIncrease or maxIncreasePercent",
+            )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _err("gate_range", f"min ({self.min:g}) is greater than max ({self.max:g})")
+        if self.confidence is not None and not self.relative:
+            raise _err("gate_confidence", "confidence applies only to a relative bound (maxDrop, maxIncrease, ...)")
+        ctx = info.context or {}
+        if self.relative and ctx.get("has_baseline") is False:
+            raise _err("gate_baseline", f"{self.metric!r} has a relative bound but no baseline was given")
+        return self
+
+
+class PromQLGate(_Model):
+    name: str | None = None
+    query: Annotated[str, Field(min_length=1)]
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PromQLGate:
+        if self.min is None and self.max is None:
+            raise _err("gate_bound", "a query gate needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _err("gate_range", f"min ({self.min:g}) is greater than max ({self.max:g})")
+        return self
+
+
+class CanaryStep(_Model):
+    weight: int = Field(ge=1, le=100)
+    pause: Duration = 60.0
+
+
+class Canary(_Model):
+    steps: list[CanaryStep] = []
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[CanaryStep]) -> list[CanaryStep]:
+        weights = [s.weight for s in v]
+        if weights != sorted(set(weights)):
+            raise _err("canary_weights", f"weights must strictly increase, got {weights}")
+        return v
+
+
+class Promotion(_Model):
+    approval: Literal["Automatic", "Manual"] = "Automatic"
+    canary: Canary = Canary()
+    gates: list[PromQLGate] = []
+
+
+class ModelRolloutSpec(_Model):
+    target_ref: TargetRef
+    task: Task
+    candidate: Candidate = Candidate()
+    serving: Serving
+    staging: Staging = Staging()
+    holdout: Holdout
+    load: Load = Load()
+    capacity: Capacity = Capacity()
+    quality: QualitySettings = QualitySettings()
+    gates: Annotated[list[Gate], Field(min_length=1)]
+    promotion: Promotion = Promotion()
+
+
+class GatesFile(_Model):
+    """A gates-only file for `modelrollout score`: the task and the gates, nothing else."""
+
+    task: Task | None = None
+    quality: QualitySettings = QualitySettings()
+    gates: Annotated[list[Gate], Field(min_length=1)]
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def _path(loc: tuple[int | str, ...], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union", "union[")) or part in {"str", "int", "float"}:
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def _problems(err: ValidationError, prefix: str) -> list[Problem]:
+    out: list[Problem] = []
+    for e in err.errors(include_url=False):
+        loc, kind, msg = tuple(e["loc"]), e["type"], e["msg"]
+        value = e.get("input")
+        if kind == "extra_forbidden":
+            msg = f"unknown field (value: {value!r})"
+        elif kind == "missing":
+            msg = "is required"
+        elif kind == "literal_error":
+            msg = f"{value!r} is not one of {msg.split('Input should be ', 1)[-1]}"
+        elif kind in {
+            "metric", "duration", "size", "name", "holdout_source", "holdout_columns", "load_rate",
+            "gate_bound", "gate_range", "gate_confidence", "gate_baseline", "canary_weights",
+        }:
+            pass
+        else:
+            msg = f"{msg[:1].lower()}{msg[1:]} (got {value!r})"
+        problem = Problem(_path(loc, prefix), msg)
+        if problem not in out:
+            out.append(problem)
+    return out
+
+
+def _task_of(raw: Any) -> str | None:
+    return raw.get("task") if isinstance(raw, Mapping) else None
+
+
+def parse_spec(raw: Any, *, has_baseline: bool = True) -> ModelRolloutSpec:
+    """Validate a `spec` mapping; raise SpecError with every problem at once."""
+    if not isinstance(raw, Mapping):
+        raise SpecError([Problem("spec", f"must be a mapping, got {type(raw).__name__}")])
+    ctx = {"task": _task_of(raw), "has_baseline": has_baseline}
+    try:
+        return ModelRolloutSpec.model_validate(raw, context=ctx)
+    except ValidationError as e:
+        raise SpecError(_problems(e, "spec")) from None
+
+
+def parse_manifest(doc: Any) -> tuple[dict[str, Any], ModelRolloutSpec]:
+    """Validate a whole ModelRollout object: (metadata, spec)."""
+    if not isinstance(doc, Mapping):
+        raise SpecError([Problem("(root)", f"must be a mapping, got {type(doc).__name__}")])
+    problems: list[Problem] = []
+    if doc.get("apiVersion") != API_VERSION:
+        problems.append(Problem("apiVersion", f"{doc.get('apiVersion')!r} is not {API_VERSION!r}"))
+    if doc.get("kind") != KIND:
+        problems.append(Problem("kind", f"{doc.get('kind')!r} is not {KIND!r}"))
+    meta = doc.get("metadata")
+    if not isinstance(meta, Mapping) or not meta.get("name"):
+        problems.append(Problem("metadata.name", "is required"))
+        meta = {}
+    for key in doc:
+        if key not in {"apiVersion", "kind", "metadata", "spec", "status"}:
+            problems.append(Problem(str(key), f"unknown field (value: {doc[key]!r})"))
+    spec: ModelRolloutSpec | None = None
+    try:
+        spec = parse_spec(doc.get("spec"))
+    except SpecError as e:
+        problems.extend(e.problems)
+    if problems or spec is None:
+        raise SpecError(problems)
+    return dict(meta), spec
+
+
+def parse_gates_file(doc: Any, *, task: str | None, has_baseline: bool) -> GatesFile:
+    """Gates from either a whole manifest or a file with `gates:` (and optionally `task:`)."""
+    if isinstance(doc, Mapping) and doc.get("kind") == KIND:
+        _, spec = parse_manifest(doc)
+        parse_spec(doc["spec"], has_baseline=has_baseline)
+        return GatesFile(task=spec.task, quality=spec.quality, gates=spec.gates)
+    if not isinstance(doc, Mapping):
+        raise SpecError([Problem("(root)", f"must be a mapping, got {type(doc).__name__}")])
+    ctx = {"task": task or _task_of(doc), "has_baseline": has_baseline}
+    try:
+        parsed = GatesFile.model_validate(doc, context=ctx)
+    except ValidationError as e:
+        raise SpecError(_problems(e, "")) from None
+    if task is not None and parsed.task is not None and parsed.task != task:
+        raise SpecError([Problem("task", f"{parsed.task!r} differs from the task given ({task!r})")])
+    return parsed

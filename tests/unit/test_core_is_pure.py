@@ -1,0 +1,49 @@
+"""The core imports no I/O: it must run anywhere, deterministically, and be testable alone."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import modelrollout.core
+
+CORE = Path(modelrollout.core.__file__).parent
+FORBIDDEN = {
+    "kopf", "kubernetes", "aiohttp", "httpx", "requests", "urllib3", "urllib", "http", "socket",
+    "prometheus_client", "psutil", "subprocess", "asyncio", "pandas", "matplotlib",
+}
+OWN_IO = {"modelrollout.kube", "modelrollout.serving", "modelrollout.probes", "modelrollout.handlers",
+          "modelrollout.exporter", "modelrollout.cli", "modelrollout.holdout"}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_core_sources_import_no_io_library() -> None:
+    files = sorted(CORE.rglob("*.py"))
+    assert len(files) >= 5
+    for f in files:
+        for name in _imports(f):
+            top = name.split(".")[0]
+            assert top not in FORBIDDEN, f"{f.name} imports {name}"
+            assert not any(name == m or name.startswith(m + ".") for m in OWN_IO), f"{f.name} imports {name}"
+
+
+def test_importing_core_loads_no_io_module() -> None:
+    code = (
+        "import sys, importlib, pkgutil, modelrollout.core as c\n"
+        "for m in pkgutil.iter_modules(c.__path__): importlib.import_module('modelrollout.core.' + m.name)\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(FORBIDDEN - {'http', 'socket', 'urllib', 'asyncio', 'subprocess'})!r})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
