@@ -68,19 +68,22 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from modelrollout.demo import run_demo
 
-    return run_demo(args)
+    code: int = run_demo(args)
+    return code
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from modelrollout.evaluate import run_evaluate
 
-    return run_evaluate(args)
+    code: int = run_evaluate(args)
+    return code
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from modelrollout.serving.server import run_server
 
-    return run_server(args)
+    code: int = run_server(args)
+    return code
 
 
 def _label(v: str) -> Any:

@@ -36,19 +36,24 @@ def test_example_parses_with_units_converted() -> None:
 
 @pytest.mark.parametrize(("path", "value", "expected"), [
     (["spec", "task"], "ranking", "spec.task: 'ranking' is not one of"),
-    (["spec", "gates", 0, "metric"], "r2", "spec.gates[0].metric: 'r2' is not defined for task 'binary-classification'"),
+    (["spec", "gates", 0, "metric"], "r2",
+     "spec.gates[0].metric: 'r2' is not defined for task 'binary-classification'"),
     (["spec", "gates", 0, "metric"], "wellness", "spec.gates[0].metric: 'wellness' is not defined"),
     (["spec", "gates", 0, "max"], 0.5, "spec.gates[0]: min (0.85) is greater than max (0.5)"),
     (["spec", "load", "duration"], "-5m", "spec.load.duration: '-5m' must be a positive duration"),
     (["spec", "load", "duration"], "0s", "spec.load.duration: '0s' must be a positive duration"),
-    (["spec", "staging", "readyTimeout"], "5 fortnights", "spec.staging.readyTimeout: '5 fortnights' is not a duration"),
+    (["spec", "staging", "readyTimeout"], "5 fortnights",
+     "spec.staging.readyTimeout: '5 fortnights' is not a duration"),
     (["spec", "serving", "maxResponseSize"], "12Zi", "spec.serving.maxResponseSize: '12Zi' is not a size"),
     (["spec", "load", "concurrency"], "many", "spec.load.concurrency:"),
     (["spec", "gates"], [], "spec.gates:"),
     (["spec", "colour"], "blue", "spec.colour: unknown field (value: 'blue')"),
-    (["spec", "holdout", "url"], {"url": "https://x/h.csv"}, "spec.holdout: exactly one of configMapRef, url, pvc or file"),
-    (["spec", "targetRef", "name"], "Churn_Model", "spec.targetRef.name: 'Churn_Model' is not a valid Kubernetes name"),
-    (["spec", "promotion", "canary", "steps", 1, "weight"], 5, "spec.promotion.canary.steps: weights must strictly increase"),
+    (["spec", "holdout", "url"], {"url": "https://x/h.csv"},
+     "spec.holdout: exactly one of configMapRef, url, pvc or file"),
+    (["spec", "targetRef", "name"], "Churn_Model",
+     "spec.targetRef.name: 'Churn_Model' is not a valid Kubernetes name"),
+    (["spec", "promotion", "canary", "steps", 1, "weight"], 5,
+     "spec.promotion.canary.steps: weights must strictly increase"),
 ])
 def test_each_problem_names_field_and_value(path: list[Any], value: Any, expected: str) -> None:
     doc = manifest()
@@ -94,7 +99,7 @@ def test_confidence_needs_a_relative_bound() -> None:
 def test_gates_file_takes_task_from_command_line() -> None:
     gf = parse_gates_file({"gates": [{"metric": "rmse", "max": 3}]}, task="regression", has_baseline=False)
     assert gf.gates[0].max == 3
-    with pytest.raises(SpecError, match="gates\\[0\\].metric: 'rmse' is not defined"):
+    with pytest.raises(SpecError, match=r"gates\[0\]\.metric: 'rmse' is not defined"):
         parse_gates_file({"gates": [{"metric": "rmse", "max": 3}]}, task="binary-classification",
                          has_baseline=False)
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: the real control plane (built by hack/controlplane) for e2e tests.
+
+Set MODELROLLOUT_KUBECONFIG to use an existing cluster instead, or KUBEBUILDER_ASSETS to a
+folder of prebuilt binaries (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+kubectl, kwok, helm) so nothing is built.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "hack" / "controlplane"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: str
+    bindir: str
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": self.kubeconfig, "PATH": f"{self.bindir}:{os.environ['PATH']}"}
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([f"{self.bindir}/kubectl", *args], input=input, capture_output=True, text=True,
+                              env=self.env(), check=check, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    existing = os.environ.get("MODELROLLOUT_KUBECONFIG")
+    bindir = subprocess.run([str(SCRIPT), "bindir"], capture_output=True, text=True, check=True).stdout.strip()
+    if existing:
+        yield Cluster(existing, bindir)
+        return
+    up = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=3000)
+    if up.returncode != 0:
+        raise RuntimeError(f"hack/controlplane up failed:\n{up.stderr[-4000:]}")
+    kubeconfig = up.stdout.strip().splitlines()[-1]
+    try:
+        yield Cluster(kubeconfig, bindir)
+    finally:
+        subprocess.run([str(SCRIPT), "down"], capture_output=True, timeout=120)
