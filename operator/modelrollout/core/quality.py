@@ -86,8 +86,9 @@ def encode(
         s = None
         if scores is not None:
             s = np.asarray(scores, dtype=np.float64)
-            if s.ndim == 2 and s.shape[1] == 2:
-                s = s[:, 1]
+            if s.ndim == 2 and s.shape[1] == 2:  # predict_proba columns, in the model's class order
+                keys = [str(_key(c)) for c in classes] if classes is not None else []
+                s = s[:, keys.index(str(_key(pos))) if str(_key(pos)) in keys else 1]
             if s.ndim != 1 or s.shape[0] != n:
                 raise DataError(f"{who}: scores of shape {np.shape(scores)} for {n} rows")
             _check_probabilities(s, who)

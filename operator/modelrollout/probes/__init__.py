@@ -1,0 +1,1 @@
+"""Probes of a running model server: load, latency, throughput, memory, CPU, leaks."""

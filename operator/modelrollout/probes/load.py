@@ -1,0 +1,192 @@
+"""Load, latency and throughput against a model server, in a process of its own.
+
+Closed loop: N workers, each sending its next request when the last one answered; the
+highest sustainable throughput. Open loop: requests sent on a fixed schedule and latency
+measured from the *intended* send time, so a server that stalls cannot hide its queue
+(no coordinated omission). Latencies go into an HDR histogram (microseconds, 3 digits).
+The load runs in its own process so it gets a core and never stalls the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+from hdrh.histogram import HdrHistogram
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    url: str  # the full inference URL
+    bodies: list[bytes]  # pre-encoded request bodies, cycled
+    batch_size: int
+    concurrency: int = 8
+    duration: float = 10.0
+    warmup: float = 1.0
+    mode: Literal["closed", "open"] = "closed"
+    rate: float | None = None  # requests per second, open loop
+    timeout: float = 10.0
+    max_requests: int | None = None  # stop after this many measured requests
+    max_in_flight: int = 10000  # open loop: beyond this the generator counts "backlog" errors
+    headers: dict[str, str] = field(default_factory=dict)
+    expect_key: str = "outputs"  # a key every good response has
+
+
+@dataclass
+class LoadResult:
+    batch_size: int
+    mode: str
+    concurrency: int
+    duration_s: float
+    requests: int
+    errors: dict[str, int]
+    throughput_rps: float
+    rows_per_s: float
+    latency_ms: dict[str, float]
+
+    @property
+    def error_rate_percent(self) -> float:
+        total = self.requests + sum(self.errors.values())
+        return 100.0 * sum(self.errors.values()) / total if total else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "error_rate_percent": self.error_rate_percent}
+
+
+async def _one(session: aiohttp.ClientSession, cfg: LoadConfig, body: bytes) -> str | None:
+    """Send one request; None when it succeeded, else the error kind."""
+    try:
+        async with session.post(cfg.url, data=body, headers={"Content-Type": "application/json"}) as r:
+            data = await r.read()
+            if r.status != 200:
+                return f"http_{r.status // 100}xx"
+            if cfg.expect_key.encode() not in data[:4096]:
+                try:
+                    json.loads(data)
+                except ValueError:
+                    return "malformed"
+                return "bad_response"
+            return None
+    except TimeoutError:
+        return "timeout"
+    except aiohttp.ClientConnectorError:
+        return "connection"
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError):
+        return "disconnected"
+    except aiohttp.ClientError:
+        return "client"
+
+
+async def _run(cfg: LoadConfig) -> LoadResult:
+    hist = HdrHistogram(1, 3_600_000_000, 3)
+    errors: Counter[str] = Counter()
+    ok = 0
+    conn = aiohttp.TCPConnector(limit=cfg.concurrency if cfg.mode == "closed" else 0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from = start + cfg.warmup
+    end = measure_from + cfg.duration
+    n_bodies = len(cfg.bodies)
+
+    def done() -> bool:
+        return loop.time() >= end or (cfg.max_requests is not None and ok + sum(errors.values()) >= cfg.max_requests)
+
+    def record(t_send: float, err: str | None) -> None:
+        nonlocal ok
+        if t_send < measure_from:
+            return
+        if err is None:
+            ok += 1
+            hist.record_value(max(1, int((loop.time() - t_send) * 1e6)))
+        else:
+            errors[err] += 1
+
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout, headers=cfg.headers) as session:
+        if cfg.mode == "closed":
+            async def worker(w: int) -> None:
+                i = w
+                while not done():
+                    t = loop.time()
+                    record(t, await _one(session, cfg, cfg.bodies[i % n_bodies]))
+                    i += cfg.concurrency
+
+            await asyncio.gather(*(worker(w) for w in range(cfg.concurrency)))
+        else:
+            assert cfg.rate is not None
+            in_flight: set[asyncio.Task[None]] = set()
+
+            async def timed(intended: float, body: bytes) -> None:
+                record(intended, await _one(session, cfg, body))
+
+            i = 0
+            while not done():
+                intended = start + i / cfg.rate
+                delay = intended - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if len(in_flight) >= cfg.max_in_flight:
+                    if intended >= measure_from:
+                        errors["backlog"] += 1
+                else:
+                    t = asyncio.create_task(timed(intended, cfg.bodies[i % n_bodies]))
+                    in_flight.add(t)
+                    t.add_done_callback(in_flight.discard)
+                i += 1
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=cfg.timeout)
+    elapsed = max(1e-9, min(loop.time(), end) - measure_from)
+    lat = {k: hist.get_value_at_percentile(p) / 1000 for k, p in PERCENTILES.items()} if ok else {}
+    if ok:
+        lat["max"] = hist.get_max_value() / 1000
+        lat["mean"] = hist.get_mean_value() / 1000
+    return LoadResult(cfg.batch_size, cfg.mode, cfg.concurrency, elapsed, ok, dict(errors),
+                      ok / elapsed, ok * cfg.batch_size / elapsed, lat)
+
+
+def _child(cfg: LoadConfig, conn: Any) -> None:
+    try:
+        conn.send(("ok", asyncio.run(_run(cfg))))
+    except BaseException as e:  # report anything to the parent rather than die silently
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def run_load(cfg: LoadConfig) -> LoadResult:
+    """Run one load in a fresh process and return its result (blocking)."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(cfg, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        limit = cfg.warmup + cfg.duration + cfg.timeout + 60
+        if not parent.poll(limit):
+            raise RuntimeError(f"load generator gave no result within {limit:.0f}s")
+        status, value = parent.recv()
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+    if status != "ok":
+        raise RuntimeError(f"load generator failed: {value}")
+    assert isinstance(value, LoadResult)
+    return value
+
+
+async def run_load_async(cfg: LoadConfig) -> LoadResult:
+    return await asyncio.to_thread(run_load, cfg)
+
+
+def best_batch(results: list[LoadResult], p99_limit_ms: float | None) -> LoadResult | None:
+    """The batch size with the most rows per second whose p99 still meets the latency limit."""
+    ok = [r for r in results if r.requests and (p99_limit_ms is None or r.latency_ms.get("p99", 1e18) <= p99_limit_ms)]
+    return max(ok, key=lambda r: r.rows_per_s, default=None)

@@ -1,0 +1,1 @@
+"""Model servers: the inference-protocol client and the reference server."""
