@@ -19,6 +19,7 @@ from modelrollout.core.quality import DataError
 from modelrollout.core.report import Report, to_json, to_markdown, to_text
 from modelrollout.core.spec import SpecError, parse_gates_file
 from modelrollout.holdout import prepare, read_predictions, read_table
+from modelrollout.serving.client import ServerError
 
 EXIT_PROMOTE, EXIT_REJECT, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -151,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_REJECT
 
 
 if __name__ == "__main__":

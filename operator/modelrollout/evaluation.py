@@ -6,12 +6,13 @@ pipeline and a cluster reach the same verdict on the same evidence.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import json
 import numpy as np
+import pandas as pd
 
 from modelrollout.core.capacity import Node, ReplicaNeed, plan
 from modelrollout.core.engine import Predicted, SystemFigures, build_report, score_quality
@@ -49,7 +50,7 @@ class Measured:
 
 
 def feature_matrix(h: Holdout) -> np.ndarray:
-    bad = [c for c in h.features.columns if not np.issubdtype(h.features[c].dtype, np.number)]
+    bad = [c for c in h.features.columns if not pd.api.types.is_numeric_dtype(h.features[c])]
     if bad:
         raise DataError(f"feature columns must be numeric; not numeric: {bad[:5]}")
     return h.features.to_numpy(dtype=np.float64)

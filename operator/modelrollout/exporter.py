@@ -35,13 +35,15 @@ class FigureExporter:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         self._figures: dict[str, Gauge] = {}
-        gate = lambda n, d: Gauge(f"modelrollout_gate_{n}", d, GATE_LABELS, registry=self.registry)  # noqa: E731
-        self.gate_value = gate("value", "The value a gate saw (in the figure's base unit).")
-        self.gate_threshold = gate("threshold", "A gate's threshold (in the figure's base unit).")
-        self.gate_passed = gate("passed", "1 if the gate passed, 0 if it failed or was inconclusive.")
-        self.gate_inconclusive = gate("inconclusive", "1 if the gate had no data or not enough evidence.")
+        self.gate_value = self._gate("value", "The value a gate saw (in the figure's base unit).")
+        self.gate_threshold = self._gate("threshold", "A gate's threshold (in the figure's base unit).")
+        self.gate_passed = self._gate("passed", "1 if the gate passed, 0 if it failed or was inconclusive.")
+        self.gate_inconclusive = self._gate("inconclusive", "1 if the gate had no data or not enough evidence.")
         self.promote = Gauge("modelrollout_decision_promote", "1 if the decision is to promote, else 0.",
                              ["rollout", "namespace"], registry=self.registry)
+
+    def _gate(self, name: str, doc: str) -> Gauge:
+        return Gauge(f"modelrollout_gate_{name}", doc, GATE_LABELS, registry=self.registry)
 
     def _figure(self, name: str) -> tuple[Gauge, float]:
         metric, scale = prom_name(name)

@@ -12,12 +12,17 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from modelrollout.core.report import Report, rows, to_json, to_markdown  # noqa: E402
-from modelrollout.core.report import HEADER  # noqa: E402
+from modelrollout.core.report import (
+    HEADER,
+    Report,
+    rows,
+    to_json,
+    to_markdown,
+)
 
 COLORS = {"candidate": "#1f77b4", "baseline": "#7f7f7f"}
 

@@ -79,7 +79,9 @@ class ModelClient:
         )
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._session is not None:
             await self._session.close()
 
@@ -178,8 +180,8 @@ class ModelClient:
 
         parts: Sequence[Prediction] = await asyncio.gather(*(one(i, s) for i, s in enumerate(starts)))
         labels = np.concatenate([p.labels for p in parts])
-        probas = [p.proba for p in parts]
-        proba = np.concatenate(probas) if all(p is not None for p in probas) else None  # type: ignore[arg-type]
+        probas = [p.proba for p in parts if p.proba is not None]
+        proba = np.concatenate(probas) if len(probas) == len(parts) else None
         return Prediction(labels, proba)
 
     async def classes(self) -> list[Any] | None:

@@ -49,7 +49,7 @@ def tensor_array(t: Any) -> np.ndarray:
         raise ProtocolError(f"tensor {t.get('name')!r}: shape {shape!r} is not a list of sizes")
     if not isinstance(data, list):
         raise ProtocolError(f"tensor {t.get('name')!r}: data is not a list")
-    flat = np.asarray(_flatten(data), dtype=object if dt == "BYTES" else NUMPY_OF.get(dt, np.float64))
+    flat: np.ndarray = np.asarray(_flatten(data), dtype=object if dt == "BYTES" else NUMPY_OF.get(dt, np.float64))
     if dt not in NUMPY_OF and dt != "BYTES":
         raise ProtocolError(f"tensor {t.get('name')!r}: datatype {dt!r} is not supported")
     if flat.size != int(np.prod(shape)):

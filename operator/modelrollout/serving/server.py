@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 
 from modelrollout.serving.protocol import ProtocolError, tensor_array, v2_tensor
 
@@ -118,7 +117,7 @@ def make_app(model: Any, name: str, *, middlewares: list[Any] | None = None) -> 
             if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
                 raise ProtocolError("the request has no `inputs` list")
             rows = tensor_array(body["inputs"][0]).astype(np.float64)
-            want = [o.get("name") for o in body.get("outputs") or [] if isinstance(o, dict)] or ["predict"]
+            want = [str(o.get("name")) for o in body.get("outputs") or [] if isinstance(o, dict)] or ["predict"]
             outs = run(rows, want)
         except (ProtocolError, ValueError, TypeError) as e:
             m.errors.labels(name, "v2", "400").inc()

@@ -1,0 +1,65 @@
+"""`modelrollout evaluate`: the full evaluation against model servers that are already running."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import yaml
+
+from modelrollout.cli import EXIT_PROMOTE, EXIT_REJECT, UsageError, write_outputs
+from modelrollout.core.spec import ModelRolloutSpec, parse_manifest
+from modelrollout.demo import progress, this_machine
+from modelrollout.evaluation import Variant, evaluate_servers
+from modelrollout.exporter import export
+from modelrollout.holdout import prepare, read_table
+from modelrollout.probes.resources import PrometheusSource, Source
+from modelrollout.serving.client import Endpoint
+
+
+async def metrics_source(url: str) -> Source | None:
+    """The server's own /metrics, if it exports process memory; otherwise no memory figures."""
+    src = PrometheusSource(url.rstrip("/") + "/metrics")
+    try:
+        await src.sample()
+    except Exception as e:  # any failure means: this server does not tell us its memory
+        progress(f"{url}: no process metrics at /metrics ({e}); memory figures will be missing")
+        return None
+    return src
+
+
+def endpoint(spec: ModelRolloutSpec, url: str, label: str) -> Endpoint:
+    s = spec.serving
+    return Endpoint(url, s.model_name, s.protocol, s.timeout, int(s.max_response_size), label)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    try:
+        doc = yaml.safe_load(Path(args.file).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"{args.file}: {e}") from None
+    meta, spec = parse_manifest(doc)
+    hold_file = args.holdout or spec.holdout.file
+    if not hold_file:
+        raise UsageError("spec.holdout: the CLI reads a local file; give --holdout FILE or spec.holdout.file")
+    path = Path(hold_file)
+    if not path.is_absolute() and not args.holdout:
+        path = Path(args.file).parent / path
+    hold = prepare(read_table(path, fmt=spec.holdout.format, max_bytes=spec.holdout.max_size),
+                   task=spec.task, label_column=spec.holdout.label_column,
+                   feature_columns=spec.holdout.feature_columns, slice_columns=spec.holdout.slice_columns,
+                   max_rows=spec.holdout.max_rows, seed=spec.holdout.seed, name=str(path))
+
+    async def run() -> int:
+        cand = Variant("candidate", endpoint(spec, args.candidate, "candidate"), await metrics_source(args.candidate))
+        base = None
+        if args.baseline:
+            base = Variant("baseline", endpoint(spec, args.baseline, "baseline"), await metrics_source(args.baseline))
+        rep, _ = await evaluate_servers(spec, hold, cand, base, this_machine(), progress)
+        write_outputs(rep, args)
+        export(rep, meta["name"], meta.get("namespace", "default"), metrics_file=args.metrics_file,
+               pushgateway=args.pushgateway)
+        return EXIT_PROMOTE if rep.decision.promote else EXIT_REJECT
+
+    return asyncio.run(run())
