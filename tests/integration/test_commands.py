@@ -102,4 +102,5 @@ def test_evaluate_with_a_dead_server_is_a_failure_that_says_so(tmp_path: Path, t
     path = manifest(tmp_path, trained, [{"metric": "f1", "min": 0.5}])
     out = evaluate(path, cand, base)
     assert out.returncode == 1
-    assert f"candidate server {cand.url}: POST /v2/models/m/infer (hold-out batch 0 of 228 rows): HTTP 500" in out.stderr
+    where = f"candidate server {cand.url}: POST /v2/models/m/infer (hold-out batch 0 of 228 rows)"
+    assert f"{where}: HTTP 500" in out.stderr

@@ -1,0 +1,493 @@
+"""One reconcile: observe the world, ask the pure core for the next step, apply it idempotently.
+
+All state lives in the rollout's status, so the operator can be killed at any moment: the
+next reconcile observes again and continues. Evaluations run as background tasks, bounded
+by a semaphore, and never block the event loop (probes run in threads and processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from modelrollout.core.decide import (
+    ANNOTATION_RETRY,
+    TERMINAL,
+    Observed,
+    Step,
+    after_canary_check,
+    canary_replicas,
+    candidate_template,
+    decide,
+)
+from modelrollout.core.quality import DataError
+from modelrollout.core.report import gate_dict
+from modelrollout.core.spec import ModelRolloutSpec, PromQLGate, SpecError, parse_spec
+from modelrollout.evaluation import Variant, evaluate_servers
+from modelrollout.exporter import FigureExporter
+from modelrollout.holdout import Holdout, prepare, read_table
+from modelrollout.kube import objects
+from modelrollout.kube.api import Kube, NotFound, pod_requests, run
+from modelrollout.probes.resources import PrometheusSource
+from modelrollout.serving.client import Endpoint, ServerError
+
+log = logging.getLogger("modelrollout")
+PHASES = ("Pending", "Waiting", "Staging", "Evaluating", "AwaitingApproval", "Canary", "Promoted", "RolledBack",
+          "Failed")
+ACTIVE = frozenset({"Staging", "Evaluating", "AwaitingApproval", "Canary"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator settings, from the environment (the Helm chart sets them)."""
+
+    service_addresses_file: str | None = None  # JSON {"namespace/service": "http://host:port"}
+    prometheus_url: str | None = None
+    max_concurrent_evaluations: int = 2
+    metrics_port: int = 8080
+    interval: float = 2.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        e = os.environ
+        return cls(
+            service_addresses_file=e.get("MODELROLLOUT_SERVICE_ADDRESSES_FILE") or None,
+            prometheus_url=e.get("MODELROLLOUT_PROMETHEUS_URL") or None,
+            max_concurrent_evaluations=int(e.get("MODELROLLOUT_MAX_CONCURRENT_EVALUATIONS", "2")),
+            metrics_port=int(e.get("MODELROLLOUT_METRICS_PORT", "8080")),
+            interval=float(e.get("MODELROLLOUT_RECONCILE_INTERVAL", "2")),
+        )
+
+    def service_url(self, namespace: str, service: str, port: int) -> str:
+        """The cluster DNS name in a cluster; the documented address map outside one."""
+        if self.service_addresses_file:
+            path = Path(self.service_addresses_file)
+            mapping = json.loads(path.read_text()) if path.exists() else {}
+            if f"{namespace}/{service}" in mapping:
+                return str(mapping[f"{namespace}/{service}"])
+        return f"http://{service}.{namespace}.svc:{port}"
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.figures = FigureExporter(registry)
+        self.phase = Gauge("modelrollout_rollout_phase", "1 for the phase a rollout is in, 0 for the others.",
+                           ["rollout", "namespace", "phase"], registry=registry)
+        self.decisions = Counter("modelrollout_decisions_total", "Rollouts decided, by result.",
+                                 ["namespace", "result"], registry=registry)
+        self.eval_seconds = Histogram("modelrollout_evaluation_duration_seconds", "Time to evaluate both variants.",
+                                      buckets=(5, 15, 30, 60, 120, 300, 600, 1200), registry=registry)
+        self.eval_errors = Counter("modelrollout_evaluation_errors_total", "Evaluations that failed.",
+                                   ["namespace"], registry=registry)
+        self.reconcile_errors = Counter("modelrollout_reconcile_errors_total", "Reconciles that raised.",
+                                        registry=registry)
+        self.in_flight = Gauge("modelrollout_evaluations_in_progress", "Evaluations running now.",
+                               registry=registry)
+
+    def set_phase(self, name: str, ns: str, phase: str) -> None:
+        for p in PHASES:
+            self.phase.labels(name, ns, p).set(1.0 if p == phase else 0.0)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def conditions(old: list[dict[str, Any]], step: Step, generation: int, t: datetime) -> list[dict[str, Any]]:
+    """Ready (promoted), Progressing (still moving) and Waiting, by the API conventions."""
+    wanted = {
+        "Ready": ("True" if step.phase == "Promoted" else "False"),
+        "Progressing": ("False" if step.phase in TERMINAL else "True"),
+        "Waiting": ("True" if step.phase in ("Waiting", "AwaitingApproval") else "False"),
+    }
+    prev = {c["type"]: c for c in old}
+    out = []
+    for typ, status in wanted.items():
+        p = prev.get(typ, {})
+        changed = p.get("status") != status
+        since = iso(t) if changed or "lastTransitionTime" not in p else p["lastTransitionTime"]
+        out.append({"type": typ, "status": status, "reason": step.reason, "message": step.message,
+                    "lastTransitionTime": since, "observedGeneration": generation})
+    return out
+
+
+@dataclass
+class Evaluation:
+    task: asyncio.Task[None]
+    error: str | None = None
+
+
+@dataclass
+class Controller:
+    kube: Kube
+    settings: Settings
+    metrics: OperatorMetrics
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    holdouts: dict[str, Holdout] = field(default_factory=dict)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    semaphore: asyncio.Semaphore | None = None
+
+    def __post_init__(self) -> None:
+        self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_evaluations)
+
+    # --- observe -----------------------------------------------------------------------
+    async def reconcile(self, body: Mapping[str, Any]) -> None:
+        uid = body["metadata"]["uid"]
+        async with self.locks.setdefault(uid, asyncio.Lock()):
+            try:
+                await self._reconcile(body)
+            except Exception:
+                self.metrics.reconcile_errors.inc()
+                raise
+
+    async def _reconcile(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        ns, gen = meta["namespace"], int(meta.get("generation", 1))
+        status = dict(body.get("status") or {})
+        phase = str(status.get("phase") or "Pending")
+        spec: ModelRolloutSpec | None = None
+        obs: dict[str, Any] = {"generation": gen, "now": now(), "annotations": dict(meta.get("annotations") or {})}
+        try:
+            spec = parse_spec(body.get("spec"))
+            if spec.holdout.file is not None:
+                raise SpecError([])  # handled below with its own message
+        except SpecError as e:
+            spec = None
+            obs["input_error"] = str(e) or "spec.holdout.file is for the CLI; use configMapRef, url or pvc"
+            obs["input_reason"] = "InvalidSpec"
+        target = None
+        if spec is not None and phase not in TERMINAL:
+            target = await run(self.kube.get_deployment, ns, spec.target_ref.name)
+            obs["target_exists"] = target is not None
+            if phase in ("Pending", "Waiting"):
+                obs["blocked_by"] = await self._blocker(body, spec)
+                if target is not None and not obs["blocked_by"]:
+                    err = await self._load_holdout(body, spec)
+                    if err:
+                        obs["input_error"], obs["input_reason"] = err
+            elif phase == "Staging":
+                obs["staging_available"] = await self._staging_available(body, spec)
+            elif phase == "Canary":
+                obs["canary_available"] = await run(self.kube.deployment_available, ns,
+                                                    objects.canary_name(spec.target_ref.name))
+            ev = self.evaluations.get(f"{meta['uid']}:{gen}")
+            if ev is not None:
+                obs["evaluation"] = "error" if ev.error else ("running" if not ev.task.done() else "none")
+                obs["evaluation_error"] = ev.error
+        step = decide(spec, status, Observed(**obs))
+        await self.apply(body, spec, status, step, target)
+
+    async def _blocker(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> str | None:
+        me = body["metadata"]
+        for r in await run(self.kube.list_rollouts, me["namespace"]):
+            m = r["metadata"]
+            if m["uid"] == me["uid"] or (r.get("spec") or {}).get("targetRef", {}).get("name") != spec.target_ref.name:
+                continue
+            ph = (r.get("status") or {}).get("phase") or "Pending"
+            if ph in TERMINAL:
+                continue
+            earlier = (m["creationTimestamp"], m["name"]) < (me["creationTimestamp"], me["name"])
+            if ph in ACTIVE or earlier:
+                return str(m["name"])
+        return None
+
+    def _staging_ns(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> str:
+        return spec.staging.namespace or str(body["metadata"]["namespace"])
+
+    async def _staging_available(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> bool | None:
+        ns = self._staging_ns(body, spec)
+        states = [await run(self.kube.deployment_available, ns, objects.staging_name(body["metadata"]["name"], v))
+                  for v in ("candidate", "baseline")]
+        if any(s is None for s in states):
+            return None
+        return all(states)
+
+    async def _holdout_bytes(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> tuple[bytes, str]:
+        h, ns = spec.holdout, body["metadata"]["namespace"]
+        if h.config_map_ref is not None:
+            return await run(self.kube.config_map_file, ns, h.config_map_ref.name, h.config_map_ref.key), \
+                h.config_map_ref.key
+        if h.url is not None:
+            headers = {}
+            if h.url.secret_ref is not None:
+                token = await run(self.kube.secret_value, ns, h.url.secret_ref.name, h.url.secret_ref.key)
+                headers["Authorization"] = f"Bearer {token}"
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s, \
+                    s.get(h.url.url, headers=headers) as r:
+                if r.status != 200:
+                    raise DataError(f"hold-out URL {h.url.url} answered HTTP {r.status}")
+                data = await r.content.read(int(h.max_size) + 1)
+                return data, h.url.url.split("?")[0]
+        assert h.pvc is not None
+        path = Path(os.environ.get("MODELROLLOUT_PVC_ROOT", "/mnt/holdout")) / h.pvc.claim_name / h.pvc.path
+        return await asyncio.to_thread(path.read_bytes), str(path)
+
+    async def _load_holdout(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> tuple[str, str] | None:
+        """Read and check the hold-out before anything is created; (error, reason) if it is unusable."""
+        key = f"{body['metadata']['uid']}:{body['metadata'].get('generation', 1)}"
+        if key in self.holdouts:
+            return None
+        h = spec.holdout
+        try:
+            data, name = await self._holdout_bytes(body, spec)
+            df = await asyncio.to_thread(read_table, data, name, h.format, h.max_size)
+            self.holdouts[key] = prepare(df, task=spec.task, label_column=h.label_column,
+                                         feature_columns=h.feature_columns, slice_columns=h.slice_columns,
+                                         max_rows=h.max_rows, seed=h.seed, name=name)
+        except NotFound as e:
+            return str(e), "HoldoutNotFound"
+        except DataError as e:
+            return f"hold-out: {e}", "HoldoutInvalid"
+        except aiohttp.ClientError as e:
+            return f"hold-out URL {h.url.url if h.url else ''}: {e}", "HoldoutNotFound"
+        return None
+
+    # --- apply -------------------------------------------------------------------------
+    async def apply(self, body: Mapping[str, Any], spec: ModelRolloutSpec | None, status: dict[str, Any],
+                    step: Step, target: Mapping[str, Any] | None) -> None:
+        meta = body["metadata"]
+        ns, name, gen = meta["namespace"], meta["name"], int(meta.get("generation", 1))
+        patch: dict[str, Any] = {}
+        a = step.action
+        if a == "none":
+            self.metrics.set_phase(name, ns, step.phase)
+            return
+        if a == "restart":
+            await self._cleanup(body, spec, status)
+            self._forget(meta["uid"])
+            patch.update({"evaluation": None, "canary": None, "staging": None, "decision": None, "gates": [],
+                          "candidate": None, "baseline": None, "capacity": None, "previousTemplate": None,
+                          "promotedTemplateHash": None,
+                          "retried": meta.get("annotations", {}).get(ANNOTATION_RETRY)})
+        elif a == "stage" and spec is not None and target is not None:
+            sns = self._staging_ns(body, spec)
+            await run(self.kube.ensure_namespace, sns)
+            template = target["spec"]["template"]
+            cand = candidate_template(template, spec.candidate.image, [e.model_dump() for e in spec.candidate.env],
+                                      spec.candidate.args)
+            for variant, t in (("candidate", cand), ("baseline", template)):
+                for obj in objects.staging_objects(body, variant, t, sns, spec.staging.replicas, spec.serving.port):
+                    await run(self.kube.apply, obj)
+            if not status.get("previousTemplate"):
+                patch["previousTemplate"] = template
+            if not (status.get("staging") or {}).get("startedAt"):
+                patch["staging"] = {"namespace": sns, "startedAt": iso(now()),
+                                    "candidate": objects.staging_name(name, "candidate"),
+                                    "baseline": objects.staging_name(name, "baseline")}
+        elif a == "evaluate" and spec is not None:
+            self._start_evaluation(body, spec, status)
+        elif a == "canary" and spec is not None and target is not None and step.canary_step is not None:
+            i = step.canary_step
+            w = spec.promotion.canary.steps[i].weight
+            prev = status.get("previousTemplate") or target["spec"]["template"]
+            cand = candidate_template(prev, spec.candidate.image, [e.model_dump() for e in spec.candidate.env],
+                                      spec.candidate.args)
+            replicas = canary_replicas(int(target["spec"].get("replicas", 1)), w)
+            await run(self.kube.apply, objects.canary_deployment(body, target, cand, replicas))
+            old = status.get("canary") or {}
+            if old.get("step") != i or not old.get("startedAt"):
+                patch["canary"] = {"step": i, "weight": w, "replicas": replicas, "startedAt": iso(now())}
+        elif a == "check_canary" and spec is not None and step.canary_step is not None:
+            failures = await self._canary_gates(spec.promotion.gates)
+            # the next canary step starts its own clock; promotion and rollback need no canary state
+            nxt = after_canary_check(spec, step.canary_step, failures)
+            await self.apply(body, spec, {**status, "canary": None}, nxt, target)
+            return
+        elif a == "promote" and spec is not None and target is not None:
+            prev = status.get("previousTemplate") or target["spec"]["template"]
+            cand = candidate_template(prev, spec.candidate.image, [e.model_dump() for e in spec.candidate.env],
+                                      spec.candidate.args)
+            if objects.template_hash(target["spec"]["template"]) != objects.template_hash(cand):
+                await run(self.kube.replace_template, ns, spec.target_ref.name, cand)  # production changes here only
+            patch["promotedTemplateHash"] = objects.template_hash(cand)
+            await self._cleanup(body, spec, status)
+            patch["decision"] = {"result": "Promoted", "reason": step.message, "at": iso(now())}
+        elif a == "rollback":
+            await self._restore(body, spec, status, target)
+            await self._cleanup(body, spec, status)
+            patch["decision"] = {"result": "RolledBack", "reason": step.message, "at": iso(now())}
+        elif a == "fail":
+            await self._cleanup(body, spec, status)
+            patch["decision"] = {"result": "Failed", "reason": step.message, "at": iso(now())}
+        await self._patch(body, status, patch, step, gen)
+
+    async def _patch(self, body: Mapping[str, Any], status: Mapping[str, Any], patch: dict[str, Any], step: Step,
+                     gen: int) -> None:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        changed = (status.get("phase"), status.get("reason"), status.get("message")) != (
+            step.phase, step.reason, step.message)
+        if not changed and not patch:
+            return
+        t = now()
+        patch.update({"phase": step.phase, "reason": step.reason, "message": step.message,
+                      "observedGeneration": gen, "conditions": conditions(list(status.get("conditions") or []),
+                                                                          step, gen, t)})
+        await run(self.kube.patch_status, ns, name, patch)
+        self.metrics.set_phase(name, ns, step.phase)
+        if status.get("phase") != step.phase or status.get("reason") != step.reason:
+            warning = step.phase in ("RolledBack", "Failed")
+            await run(self.kube.event, body, step.reason, f"{step.phase}: {step.message}", warning)
+            if step.phase in TERMINAL:
+                self.metrics.decisions.labels(ns, step.phase).inc()
+            log.info("%s/%s: %s (%s) %s", ns, name, step.phase, step.reason, step.message)
+
+    async def _restore(self, body: Mapping[str, Any], spec: ModelRolloutSpec | None, status: Mapping[str, Any],
+                       target: Mapping[str, Any] | None) -> None:
+        """Put back the exact previous template if this rollout ever wrote the target."""
+        prev = status.get("previousTemplate")
+        written = status.get("promotedTemplateHash")
+        if spec is None or target is None or not prev or not written:
+            return
+        current = objects.template_hash(target["spec"]["template"])
+        if current == written and current != objects.template_hash(prev):
+            await run(self.kube.replace_template, body["metadata"]["namespace"], spec.target_ref.name, prev)
+
+    async def _cleanup(self, body: Mapping[str, Any], spec: ModelRolloutSpec | None,
+                       status: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        staging = status.get("staging") or {}
+        sns = staging.get("namespace") or (self._staging_ns(body, spec) if spec else meta["namespace"])
+        for variant in ("candidate", "baseline"):
+            for kind in ("Deployment", "Service"):
+                await run(self.kube.delete, kind, sns, objects.staging_name(meta["name"], variant))
+        target = spec.target_ref.name if spec else (body.get("spec") or {}).get("targetRef", {}).get("name")
+        if target:
+            await run(self.kube.delete, "Deployment", meta["namespace"], objects.canary_name(target))
+
+    def _forget(self, uid: str) -> None:
+        for key in [k for k in self.evaluations if k.startswith(uid)]:
+            self.evaluations.pop(key).task.cancel()
+        for key in [k for k in self.holdouts if k.startswith(uid)]:
+            self.holdouts.pop(key)
+
+    async def delete(self, body: Mapping[str, Any]) -> None:
+        """On deletion: staging and canary go; production is left exactly as it is."""
+        spec = None
+        with contextlib.suppress(SpecError):
+            spec = parse_spec(body.get("spec"))
+        await self._cleanup(body, spec, dict(body.get("status") or {}))
+        self._forget(body["metadata"]["uid"])
+
+    # --- evaluation and canary checks ------------------------------------------------------
+    def _start_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec, status: Mapping[str, Any]) -> None:
+        key = f"{body['metadata']['uid']}:{body['metadata'].get('generation', 1)}"
+        if key in self.evaluations and not self.evaluations[key].task.done():
+            return
+        ev = Evaluation(asyncio.get_running_loop().create_task(self._evaluate(body, spec, key)))
+        self.evaluations[key] = ev
+
+    async def _evaluate(self, body: Mapping[str, Any], spec: ModelRolloutSpec, key: str) -> None:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        assert self.semaphore is not None
+        async with self.semaphore:
+            self.metrics.in_flight.inc()
+            t0 = time.monotonic()
+            try:
+                if key not in self.holdouts:
+                    err = await self._load_holdout(body, spec)
+                    if err:
+                        raise DataError(err[0])
+                report = await self._run_evaluation(body, spec, self.holdouts[key])
+                await run(self.kube.patch_status, ns, name, {
+                    "candidate": {"metrics": _finite(report.evidence.candidate),
+                                  "intervals": {k: iv.as_dict() for k, iv in report.evidence.intervals.items()},
+                                  "deltaIntervals": {k: iv.as_dict()
+                                                     for k, iv in report.evidence.delta_intervals.items()}},
+                    "baseline": {"metrics": _finite(report.evidence.baseline or {})},
+                    "gates": [gate_dict(g) for g in report.gates],
+                    "capacity": {
+                        "replicasFit": {v: _fig(report, v, "replicas_fit") for v in ("candidate", "baseline")},
+                        "perReplicaMemoryMiB": {v: ((report.details.get(v) or {}).get("capacity") or {}).get(
+                            "perReplicaMemoryMiB") for v in ("candidate", "baseline")}},
+                    "evaluation": {"outcome": str(report.decision.outcome), "reason": report.decision.reason,
+                                   "generation": int(meta.get("generation", 1))},
+                })
+                self.metrics.figures.observe(report, name, ns)
+            except (ServerError, DataError, NotFound, RuntimeError, OSError) as e:
+                self.evaluations[key].error = str(e)
+                self.metrics.eval_errors.labels(ns).inc()
+                log.warning("%s/%s: evaluation failed: %s", ns, name, e)
+            finally:
+                self.metrics.in_flight.dec()
+                self.metrics.eval_seconds.observe(time.monotonic() - t0)
+
+    async def _run_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec, holdout: Holdout) -> Any:
+        sns = self._staging_ns(body, spec)
+        headers: tuple[tuple[str, str], ...] = ()
+        if spec.serving.auth_secret_ref is not None:
+            ref = spec.serving.auth_secret_ref
+            token = await run(self.kube.secret_value, body["metadata"]["namespace"], ref.name, ref.key)
+            headers = (("Authorization", f"Bearer {token}"),)
+        variants = []
+        for v in ("candidate", "baseline"):
+            svc = objects.staging_name(body["metadata"]["name"], v)
+            url = self.settings.service_url(sns, svc, spec.serving.port)
+            dep = await run(self.kube.get_deployment, sns, svc)
+            mem, cpu = pod_requests(((dep or {}).get("spec") or {}).get("template", {}).get("spec", {}))
+            selector = tuple((((dep or {}).get("spec") or {}).get("template", {}).get("spec", {})
+                              .get("nodeSelector") or {}).items())
+            ep = Endpoint(url, spec.serving.model_name, spec.serving.protocol, spec.serving.timeout,
+                          int(spec.serving.max_response_size), v, headers)
+            variants.append(Variant(v, ep, PrometheusSource(url.rstrip("/") + "/metrics"), mem, cpu, selector))
+        nodes = await run(self.kube.nodes)
+        report, _ = await evaluate_servers(spec, holdout, variants[0], variants[1], nodes,
+                                           lambda m: log.info("%s: %s", body["metadata"]["name"], m))
+        return report
+
+    async def _canary_gates(self, gates: list[PromQLGate]) -> list[str]:
+        """Failures of the live gates; a gate with no data fails (it is never a pass)."""
+        if not gates:
+            return []
+        if not self.settings.prometheus_url:
+            return ["promotion.gates are set but the operator has no Prometheus (MODELROLLOUT_PROMETHEUS_URL)"]
+        failures = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+            for i, g in enumerate(gates):
+                label = g.name or f"promotion.gates[{i}]"
+                try:
+                    async with s.get(self.settings.prometheus_url.rstrip("/") + "/api/v1/query",
+                                     params={"query": g.query}) as r:
+                        data = await r.json()
+                except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                    failures.append(f"{label}: Prometheus query failed ({e})")
+                    continue
+                result = (data.get("data") or {}).get("result") or []
+                if data.get("status") != "success" or not result:
+                    failures.append(f"{label}: inconclusive, the query returned no data ({g.query})")
+                    continue
+                value = float(result[0]["value"][1])
+                if value != value:  # NaN, e.g. 0/0 with no traffic
+                    failures.append(f"{label}: inconclusive, the query returned NaN")
+                elif g.min is not None and value < g.min:
+                    failures.append(f"{label}: {value:.4g} is below the minimum {g.min:g}")
+                elif g.max is not None and value > g.max:
+                    failures.append(f"{label}: {value:.4g} is above the maximum {g.max:g}")
+        return failures
+
+
+def _finite(values: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None and v == v and abs(v) != float("inf")}
+
+
+def _fig(report: Any, variant: str, name: str) -> float | None:
+    figs = report.evidence.candidate if variant == "candidate" else (report.evidence.baseline or {})
+    v = figs.get(name)
+    return None if v is None else float(v)

@@ -1,0 +1,198 @@
+"""The rollout state machine: (spec, status, observations, now) -> the next step.
+
+Pure, so every transition is unit-tested without a cluster, and the operator can be
+killed at any moment: the next reconcile reads status, observes the world again and asks
+this function again. Production changes in exactly one step (`promote`), which is only
+reachable after an evaluation whose decision was Promote and, with canary steps, after
+every step's live gates passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from modelrollout.core.spec import ModelRolloutSpec
+
+ANNOTATION_APPROVE = "modelrollout.dev/approve"
+ANNOTATION_ABORT = "modelrollout.dev/abort"
+ANNOTATION_RETRY = "modelrollout.dev/retry"
+TERMINAL = frozenset({"Promoted", "RolledBack", "Failed"})
+
+Action = Literal[
+    "none", "wait", "fail", "stage", "evaluate", "await_approval", "canary", "check_canary", "promote",
+    "rollback", "restart",
+]
+
+
+@dataclass(frozen=True)
+class Observed:
+    generation: int
+    now: datetime
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    target_exists: bool = True
+    blocked_by: str | None = None  # another active rollout of the same target
+    input_error: str | None = None  # what only the operator can check (hold-out, ConfigMap, ...)
+    input_reason: str = "InvalidInput"
+    staging_available: bool | None = None  # None: the staging objects do not exist
+    evaluation: Literal["none", "running", "error"] = "none"
+    evaluation_error: str | None = None
+    canary_available: bool | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+    phase: str
+    reason: str
+    message: str
+    canary_step: int | None = None
+
+
+def _ts(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _elapsed(status: Mapping[str, Any], path: Sequence[str], now: datetime) -> float | None:
+    node: Any = status
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    started = _ts(node)
+    return None if started is None else (now - started).total_seconds()
+
+
+def _after_gates(spec: ModelRolloutSpec, obs: Observed, approved_already: bool = False) -> Step:
+    """Where a candidate whose gates all passed goes next."""
+    approved = approved_already or obs.annotations.get(ANNOTATION_APPROVE) == "true"
+    if spec.promotion.approval == "Manual" and not approved:
+        return Step("await_approval", "AwaitingApproval", "AwaitingApproval",
+                    f"every gate passed; waiting for the {ANNOTATION_APPROVE}=true annotation")
+    if spec.promotion.canary.steps:
+        w = spec.promotion.canary.steps[0].weight
+        return Step("canary", "Canary", "CanaryStep", f"canary step 1: candidate at {w}% of replicas", 0)
+    return Step("promote", "Promoted", "Promoted", "every gate passed; the target now runs the candidate")
+
+
+def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observed) -> Step:
+    phase = str(status.get("phase") or "Pending")
+    generation_changed = status.get("observedGeneration") not in (None, obs.generation)
+    retry = obs.annotations.get(ANNOTATION_RETRY)
+    if phase in TERMINAL:
+        if generation_changed:
+            return Step("restart", "Pending", "SpecChanged",
+                        f"spec changed (generation {obs.generation}); starting over")
+        if retry and retry != status.get("retried"):
+            return Step("restart", "Pending", "Retry", f"retry requested ({retry}); starting over")
+        return Step("none", phase, str(status.get("reason") or phase), str(status.get("message") or ""))
+    if spec is None or obs.input_error:
+        return Step("fail", "Failed", obs.input_reason, obs.input_error or "the spec is invalid")
+    if generation_changed and phase != "Pending":
+        return Step("restart", "Pending", "SpecChanged",
+                    f"spec changed (generation {obs.generation}) during {phase}; "
+                    "evaluation restarted with the new spec")
+    if obs.annotations.get(ANNOTATION_ABORT) == "true":
+        return Step("rollback", "RolledBack", "Aborted",
+                    f"aborted by the {ANNOTATION_ABORT} annotation during {phase}; production is as before")
+    if not obs.target_exists:
+        return Step("fail", "Failed", "TargetNotFound",
+                    f"target Deployment {spec.target_ref.name!r} does not exist; nothing was created")
+    ready_timeout = spec.staging.ready_timeout
+
+    if phase in ("Pending", "Waiting"):
+        if obs.blocked_by:
+            return Step("wait", "Waiting", "TargetBusy",
+                        f"rollout {obs.blocked_by!r} is active for Deployment {spec.target_ref.name!r}; "
+                        "this one starts when it finishes")
+        return Step("stage", "Staging", "Staging", "creating candidate and baseline in staging")
+
+    if phase == "Staging":
+        if obs.staging_available:
+            return Step("evaluate", "Evaluating", "Evaluating", "staging is Available; evaluating both variants")
+        waited = _elapsed(status, ("staging", "startedAt"), obs.now) or 0.0
+        if waited > ready_timeout:
+            return Step("rollback", "RolledBack", "StagingTimeout",
+                        f"staging was not Available within {ready_timeout:g}s; production is unchanged")
+        if obs.staging_available is None:
+            return Step("stage", "Staging", "Staging", "creating candidate and baseline in staging")
+        return Step("wait", "Staging", "StagingNotReady", "waiting for the staging Deployments to become Available")
+
+    if phase == "Evaluating":
+        ev = status.get("evaluation") or {}
+        if ev.get("generation") == obs.generation and ev.get("outcome") == "Reject":
+            return Step("rollback", "RolledBack", "GatesFailed", str(ev.get("reason")))
+        if ev.get("generation") == obs.generation and ev.get("outcome") == "Promote":
+            return _after_gates(spec, obs)
+        if obs.evaluation == "error":
+            return Step("rollback", "RolledBack", "EvaluationFailed",
+                        f"evaluation failed: {obs.evaluation_error}; production is unchanged")
+        if obs.evaluation == "none":
+            return Step("evaluate", "Evaluating", "Evaluating", "evaluating both variants")
+        return Step("wait", "Evaluating", "Evaluating", "evaluating both variants")
+
+    if phase == "AwaitingApproval":
+        return _after_gates(spec, obs)
+
+    if phase == "Canary":
+        canary = status.get("canary") or {}
+        i = int(canary.get("step", 0))
+        steps = spec.promotion.canary.steps
+        if i >= len(steps):
+            return Step("promote", "Promoted", "Promoted",
+                        "every canary step passed; the target now runs the candidate")
+        since = _elapsed(status, ("canary", "startedAt"), obs.now)
+        if since is None or obs.canary_available is None:
+            return Step("canary", "Canary", "CanaryStep", f"canary step {i + 1}: candidate at {steps[i].weight}%", i)
+        waited = since
+        if not obs.canary_available:
+            if waited > ready_timeout:
+                return Step("rollback", "RolledBack", "CanaryNotReady",
+                            f"canary step {i + 1} was not Available within {ready_timeout:g}s; production restored")
+            return Step("wait", "Canary", "CanaryStep", f"canary step {i + 1}: waiting for the canary replicas", i)
+        if waited < steps[i].pause:
+            return Step("wait", "Canary", "CanaryStep",
+                        f"canary step {i + 1}: candidate at {steps[i].weight}%, "
+                        f"{steps[i].pause - waited:.0f}s of the pause left", i)
+        return Step("check_canary", "Canary", "CanaryStep", f"canary step {i + 1}: checking live gates", i)
+
+    return Step("wait", phase, "Unknown", f"unknown phase {phase!r}")
+
+
+def after_canary_check(spec: ModelRolloutSpec, step: int, failures: Sequence[str]) -> Step:
+    """The step after the live gates of canary step `step` were checked."""
+    if failures:
+        return Step("rollback", "RolledBack", "CanaryGateFailed",
+                    f"canary step {step + 1}: " + "; ".join(failures) + "; production restored")
+    steps = spec.promotion.canary.steps
+    if step + 1 < len(steps):
+        return Step("canary", "Canary", "CanaryStep",
+                    f"canary step {step + 2}: candidate at {steps[step + 1].weight}% of replicas", step + 1)
+    return Step("promote", "Promoted", "Promoted", "every canary step passed; the target now runs the candidate")
+
+
+def canary_replicas(production_replicas: int, weight: int) -> int:
+    """Candidate replicas beside production so that they take about `weight` percent of traffic."""
+    if weight >= 100:
+        return max(1, production_replicas)
+    return max(1, round(production_replicas * weight / (100 - weight)))
+
+
+def candidate_template(template: Mapping[str, Any], image: str | None, env: Sequence[Mapping[str, str]],
+                       args: Sequence[str] | None) -> dict[str, Any]:
+    """The target's pod template with the candidate's changes on its first container."""
+    import copy
+
+    out = copy.deepcopy(dict(template))
+    containers = out.setdefault("spec", {}).setdefault("containers", [{}])
+    c = containers[0]
+    if image:
+        c["image"] = image
+    if env:
+        names = {e["name"] for e in env}
+        c["env"] = [e for e in c.get("env", []) if e.get("name") not in names] + [dict(e) for e in env]
+    if args is not None:
+        c["args"] = list(args)
+    return out

@@ -1,0 +1,57 @@
+"""kopf handlers: a few lines each, all calling the one reconcile.
+
+Run with `kopf run -m modelrollout.handlers --all-namespaces` (the chart does this).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import CollectorRegistry, start_http_server
+
+from modelrollout.controller import Controller, OperatorMetrics, Settings
+from modelrollout.core.spec import GROUP, VERSION
+from modelrollout.kube.api import Kube
+
+RESOURCE = (GROUP, VERSION, "modelrollouts")
+SETTINGS = Settings.from_env()
+_state: dict[str, Controller] = {}
+
+
+def controller() -> Controller:
+    return _state["controller"]
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelrollout.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelrollout.dev")
+    settings.persistence.finalizer = "modelrollout.dev/finalizer"
+    settings.posting.level = logging.WARNING
+    registry = CollectorRegistry()
+    start_http_server(SETTINGS.metrics_port, registry=registry)
+    _state["controller"] = Controller(Kube(), SETTINGS, OperatorMetrics(registry))
+
+
+def _body(body: kopf.Body) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE)
+async def changed(body: kopf.Body, **_: Any) -> None:
+    await controller().reconcile(_body(body))
+
+
+@kopf.timer(*RESOURCE, interval=SETTINGS.interval)
+async def tick(body: kopf.Body, **_: Any) -> None:
+    await controller().reconcile(_body(body))
+
+
+@kopf.on.delete(*RESOURCE)
+async def deleted(body: kopf.Body, **_: Any) -> None:
+    await controller().delete(_body(body))

@@ -1,0 +1,203 @@
+"""The only module that talks to the Kubernetes API.
+
+Calls are synchronous (the official client) and run in worker threads via `run`, so the
+operator's event loop never blocks. Every write is idempotent: create, and on "already
+exists" patch to the desired state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from modelrollout.core.capacity import Node
+from modelrollout.core.spec import GROUP, VERSION
+from modelrollout.core.units import parse_size
+
+P = ParamSpec("P")
+T = TypeVar("T")
+PLURAL = "modelrollouts"
+
+
+class NotFound(LookupError):
+    pass
+
+
+async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+
+def _cpu_millis(q: str | None) -> float:
+    if not q:
+        return 0.0
+    return float(q[:-1]) if q.endswith("m") else parse_size(q) * 1000
+
+
+def _mem(q: str | None) -> float:
+    return parse_size(q) if q else 0.0
+
+
+def pod_requests(template_spec: Mapping[str, Any]) -> tuple[float, float]:
+    """(memory bytes, CPU millicores) a pod requests, summed over its containers."""
+    mem = cpu = 0.0
+    for c in template_spec.get("containers", []) or []:
+        req = ((c.get("resources") or {}).get("requests")) or {}
+        mem += _mem(req.get("memory"))
+        cpu += _cpu_millis(req.get("cpu"))
+    return mem, cpu
+
+
+class Kube:
+    def __init__(self, kubeconfig: str | None = None):
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config(config_file=kubeconfig)
+        self.api = client.ApiClient()
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.requests = 0  # API calls made, for the benchmark
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.api.sanitize_for_serialization(obj)
+        return out
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.requests += 1
+        return fn(*args, **kwargs)
+
+    # --- reads ---------------------------------------------------------------------
+    def get_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._dict(self._call(self.apps.read_namespaced_deployment, name, ns))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def deployment_available(self, ns: str, name: str) -> bool | None:
+        dep = self.get_deployment(ns, name)
+        if dep is None:
+            return None
+        st = dep.get("status") or {}
+        want = (dep.get("spec") or {}).get("replicas", 1)
+        return bool(st.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
+                    and st.get("availableReplicas", 0) >= want and st.get("updatedReplicas", 0) >= want)
+
+    def config_map_file(self, ns: str, name: str, key: str) -> bytes:
+        try:
+            cm = self._call(self.core.read_namespaced_config_map, name, ns)
+        except ApiException as e:
+            if e.status == 404:
+                raise NotFound(f"ConfigMap {ns}/{name} does not exist") from None
+            raise
+        if cm.data and key in cm.data:
+            return str(cm.data[key]).encode()
+        if cm.binary_data and key in cm.binary_data:
+            return base64.b64decode(cm.binary_data[key])
+        keys = sorted([*(cm.data or {}), *(cm.binary_data or {})])
+        raise NotFound(f"ConfigMap {ns}/{name} has no key {key!r} (keys: {keys})")
+
+    def secret_value(self, ns: str, name: str, key: str) -> str:
+        try:
+            s = self._call(self.core.read_namespaced_secret, name, ns)
+        except ApiException as e:
+            if e.status == 404:
+                raise NotFound(f"Secret {ns}/{name} does not exist") from None
+            raise
+        if not s.data or key not in s.data:
+            raise NotFound(f"Secret {ns}/{name} has no key {key!r}")
+        return base64.b64decode(s.data[key]).decode()
+
+    def list_rollouts(self, ns: str) -> list[dict[str, Any]]:
+        out = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL)
+        items: list[dict[str, Any]] = out.get("items", [])
+        return items
+
+    def nodes(self) -> list[Node]:
+        """Nodes with what pods already request on each, for capacity planning."""
+        used: dict[str, list[float]] = {}
+        pods = self._call(self.core.list_pod_for_all_namespaces,
+                          field_selector="status.phase!=Succeeded,status.phase!=Failed")
+        for p in pods.items:
+            node = p.spec.node_name
+            if not node:
+                continue
+            mem, cpu = pod_requests(self._dict(p.spec))
+            u = used.setdefault(node, [0.0, 0.0, 0.0])
+            u[0] += mem
+            u[1] += cpu
+            u[2] += 1
+        out = []
+        for n in self._call(self.core.list_node).items:
+            alloc = n.status.allocatable or {}
+            u = used.get(n.metadata.name, [0.0, 0.0, 0.0])
+            ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+            out.append(Node(
+                name=n.metadata.name, allocatable_memory_bytes=_mem(alloc.get("memory")),
+                allocatable_cpu_millis=_cpu_millis(alloc.get("cpu")), requested_memory_bytes=u[0],
+                requested_cpu_millis=u[1], labels=dict(n.metadata.labels or {}),
+                schedulable=ready and not n.spec.unschedulable,
+                max_pods=int(alloc["pods"]) if alloc.get("pods") else None, pods=int(u[2])))
+        return out
+
+    # --- writes --------------------------------------------------------------------
+    def apply(self, obj: dict[str, Any]) -> None:
+        ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
+        api: Any = self.apps if kind == "Deployment" else self.core
+        snake = "deployment" if kind == "Deployment" else "service"
+        create = getattr(api, f"create_namespaced_{snake}")
+        patch = getattr(api, f"patch_namespaced_{snake}")
+        try:
+            self._call(create, ns, obj)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            self._call(patch, name, ns, {"spec": obj["spec"], "metadata": {"labels": obj["metadata"]["labels"]}})
+
+    def delete(self, kind: str, ns: str, name: str) -> None:
+        api: Any = self.apps if kind == "Deployment" else self.core
+        fn = getattr(api, f"delete_namespaced_{kind.lower()}")
+        try:
+            self._call(fn, name, ns, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def replace_template(self, ns: str, name: str, template: Mapping[str, Any]) -> None:
+        """Set a Deployment's whole pod template (a JSON patch: nothing of the old one survives)."""
+        self._call(self.apps.patch_namespaced_deployment, name, ns,
+                   [{"op": "replace", "path": "/spec/template", "value": dict(template)}])
+
+    def ensure_namespace(self, ns: str) -> None:
+        try:
+            self._call(self.core.create_namespace, {"metadata": {"name": ns}})
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+    def patch_status(self, ns: str, name: str, status: Mapping[str, Any]) -> None:
+        self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, PLURAL, name,
+                   {"status": dict(status)})
+
+    def event(self, rollout: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        m = rollout["metadata"]
+        now = datetime.now(UTC)
+        body = {
+            "metadata": {"generateName": f"{m['name']}.", "namespace": m["namespace"]},
+            "involvedObject": {"apiVersion": rollout["apiVersion"], "kind": rollout["kind"], "name": m["name"],
+                               "namespace": m["namespace"], "uid": m["uid"]},
+            "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
+            "source": {"component": "modelrollout"}, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        with contextlib.suppress(ApiException):  # an event is a courtesy; never fail a rollout over one
+            self._call(self.core.create_namespaced_event, m["namespace"], body)
