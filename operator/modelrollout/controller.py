@@ -148,10 +148,14 @@ class Controller:
 
     # --- observe -----------------------------------------------------------------------
     async def reconcile(self, body: Mapping[str, Any]) -> None:
-        uid = body["metadata"]["uid"]
-        async with self.locks.setdefault(uid, asyncio.Lock()):
+        meta = body["metadata"]
+        async with self.locks.setdefault(meta["uid"], asyncio.Lock()):
+            # the watch stream can lag behind our own status writes: always act on a fresh read
+            fresh = await run(self.kube.get_rollout, meta["namespace"], meta["name"])
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return
             try:
-                await self._reconcile(body)
+                await self._reconcile(fresh)
             except Exception:
                 self.metrics.reconcile_errors.inc()
                 raise

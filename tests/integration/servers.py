@@ -3,7 +3,7 @@
     python tests/integration/servers.py MODEL.skops PORT MODE
 
 MODE: ok | leak (keeps every request body) | slow (one request at a time, 20 ms each) |
-500 | hang | malformed | wrong_count | huge | close (closes the connection mid-response)
+fat (holds 1 GiB) | 500 | hang | malformed | wrong_count | huge | close (closes mid-response)
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def fault(mode: str) -> Any:
 
 def main() -> None:
     model_path, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if mode == "fat":
+        KEPT.append(b"x" * 2**30)  # touched, so it is resident
     app = make_app(load_model(model_path), "m", middlewares=[fault(mode)])
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 

@@ -118,6 +118,16 @@ class Kube:
             raise NotFound(f"Secret {ns}/{name} has no key {key!r}")
         return base64.b64decode(s.data[key]).decode()
 
+    def get_rollout(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            out: dict[str, Any] = self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
+                                             name)
+            return out
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     def list_rollouts(self, ns: str) -> list[dict[str, Any]]:
         out = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL)
         items: list[dict[str, Any]] = out.get("items", [])

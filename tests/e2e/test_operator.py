@@ -1,0 +1,169 @@
+"""The operator end to end: real API server, real model servers, real Prometheus.
+
+Every test also checks the invariant: production never carries a template whose gates
+did not all pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from modelrollout.serving.client import Endpoint, ModelClient, ServerError
+from tests.e2e.conftest import Models, Prometheus, Scenario
+
+pytestmark = pytest.mark.e2e
+
+QUALITY = [{"metric": "f1", "min": 0.9}, {"metric": "f1", "maxDrop": 0.02}]
+
+
+def test_good_candidate_is_promoted(scenario: Scenario, models: Models) -> None:
+    before = scenario.template()
+    cand, base = scenario.op.serve(models.good), scenario.op.serve(models.production)
+    scenario.rollout("good", cand, base, [*QUALITY, {"metric": "latency_p99_ms", "max": 1000},
+                                          {"metric": "replicas_fit", "min": 10},
+                                          {"metric": "memory_growth_mib_per_10k_requests", "max": 20}])
+    st = scenario.wait_phase("good", {"Promoted", "RolledBack", "Failed"})
+    assert st["phase"] == "Promoted", st.get("message")
+    t = scenario.template()
+    assert t["spec"]["containers"][0]["image"] == "registry.example/churn:8"
+    assert {"name": "MODEL_URI", "value": "s3://models/churn/8"} in t["spec"]["containers"][0]["env"]
+    assert t["metadata"]["labels"] == before["metadata"]["labels"]  # production's Service still selects it
+    assert scenario.staging_objects("good") == []
+    for fig in ("f1", "roc_auc", "latency_p99_ms", "throughput_rps", "memory_peak_mib", "replicas_fit"):
+        assert fig in st["candidate"]["metrics"] and fig in st["baseline"]["metrics"], fig
+    assert st["candidate"]["intervals"]["f1"]["low"] <= st["candidate"]["metrics"]["f1"]
+    assert all(g["verdict"] == "Pass" for g in st["gates"]) and len(st["gates"]) == 5
+    assert st["decision"]["result"] == "Promoted"
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == 1
+    assert st["previousTemplate"] == before
+    metrics = scenario.op.metrics()
+    ns = scenario.ns
+    assert f'modelrollout_f1{{namespace="{ns}",rollout="good",variant="candidate"}}' in metrics
+    assert f'modelrollout_rollout_phase{{namespace="{ns}",phase="Promoted",rollout="good"}} 1.0' in metrics
+    assert f'modelrollout_gate_passed{{bound="min",dry_run="false",gate="0",metric="f1",namespace="{ns}"' in metrics
+    events = scenario.cluster.kubectl("-n", ns, "get", "events", "--field-selector", "involvedObject.name=good").stdout
+    assert "Staging" in events and "Promoted" in events
+    scenario.assert_invariant("good", before)
+
+
+@pytest.mark.parametrize(("kind", "gate", "reason_words"), [
+    ("worse", {"metric": "f1", "maxDrop": 0.02}, "gate 1 failed: f1 drops by"),
+    ("slower", {"metric": "latency_p99_ms", "max": 15}, "latency_p99_ms"),
+    ("leaking", {"metric": "memory_growth_mib_per_10k_requests", "max": 3}, "memory_growth_mib_per_10k_requests"),
+    ("too-big", {"metric": "replicas_fit", "min": 40}, "replicas_fit"),
+])
+def test_bad_candidates_are_rolled_back_with_the_gate_named(scenario: Scenario, models: Models, kind: str,
+                                                            gate: dict[str, object], reason_words: str) -> None:
+    before = scenario.template()
+    model, mode = {"worse": (models.bad, None), "slower": (models.good, "slow"),
+                   "leaking": (models.good, "leak"), "too-big": (models.good, "fat")}[kind]
+    cand, base = scenario.op.serve(model, mode), scenario.op.serve(models.production)
+    gates = [{"metric": "f1", "min": 0.0}, gate]
+    scenario.rollout(kind, cand, base, gates)
+    st = scenario.wait_phase(kind, {"Promoted", "RolledBack", "Failed"})
+    assert st["phase"] == "RolledBack", st.get("message")
+    assert st["reason"] == "GatesFailed" and reason_words in st["message"], st["message"]
+    assert st["decision"]["result"] == "RolledBack"
+    assert scenario.template() == before
+    assert scenario.staging_objects(kind) == []
+    scenario.assert_invariant(kind, before)
+
+
+def test_manual_approval_waits_then_promotes(scenario: Scenario, models: Models) -> None:
+    before = scenario.template()
+    scenario.rollout("manual", scenario.op.serve(models.good), scenario.op.serve(models.production), QUALITY,
+                     promotion={"approval": "Manual"})
+    st = scenario.wait_phase("manual", {"AwaitingApproval", "RolledBack", "Failed"})
+    assert st["phase"] == "AwaitingApproval"
+    time.sleep(3)
+    assert scenario.status("manual")["phase"] == "AwaitingApproval" and scenario.template() == before
+    scenario.assert_invariant("manual", before)
+    scenario.annotate("manual", "modelrollout.dev/approve")
+    assert scenario.wait_phase("manual", {"Promoted", "RolledBack", "Failed"})["phase"] == "Promoted"
+    scenario.assert_invariant("manual", before)
+
+
+CANARY = {"canary": {"steps": [{"weight": 25, "pause": "3s"}, {"weight": 50, "pause": "3s"}]},
+          "gates": [{"name": "no-errors", "query": 'sum(modelserver_errors_total{model="m"})', "max": 0}]}
+
+
+def test_abort_during_canary_restores_production(scenario: Scenario, models: Models, prometheus: Prometheus) -> None:
+    before = scenario.template()
+    cand = scenario.op.serve(models.good)
+    prometheus.configure([cand.removeprefix("http://")])
+    scenario.rollout("abort", cand, scenario.op.serve(models.production), QUALITY,
+                     promotion={"canary": {"steps": [{"weight": 50, "pause": "10m"}]}, "gates": CANARY["gates"]})
+    st = scenario.wait_phase("abort", {"Canary", "RolledBack", "Failed"})
+    assert st["phase"] == "Canary"
+    canary = scenario.get("deployment", "churn-canary")
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/churn:8"
+    assert canary["spec"]["template"]["metadata"]["labels"]["app"] == "churn"  # same Service selector
+    assert scenario.template() == before
+    scenario.annotate("abort", "modelrollout.dev/abort")
+    st = scenario.wait_phase("abort", {"RolledBack", "Promoted", "Failed"})
+    assert st["phase"] == "RolledBack" and st["reason"] == "Aborted"
+    assert "production is as before" in st["message"]
+    assert scenario.template() == before
+    assert scenario.cluster.kubectl("-n", scenario.ns, "get", "deployment", "churn-canary", check=False).returncode != 0
+
+
+def test_canary_gate_failing_in_prometheus_restores_production(scenario: Scenario, models: Models,
+                                                               prometheus: Prometheus) -> None:
+    before = scenario.template()
+    cand = scenario.op.serve(models.good)
+    prometheus.configure([cand.removeprefix("http://")])
+    scenario.rollout("canary-fails", cand, scenario.op.serve(models.production), QUALITY, promotion=CANARY)
+    scenario.wait_phase("canary-fails", {"Canary", "RolledBack", "Failed"})
+
+    async def live_errors() -> None:  # live traffic that the candidate cannot serve
+        async with ModelClient(Endpoint(cand, "m")) as c:
+            for _ in range(5):
+                with pytest.raises(ServerError):
+                    await c.predict(__import__("numpy").zeros((1, 3)))
+
+    asyncio.run(live_errors())
+    st = scenario.wait_phase("canary-fails", {"RolledBack", "Promoted", "Failed"})
+    assert st["phase"] == "RolledBack" and st["reason"] == "CanaryGateFailed", st.get("message")
+    assert "no-errors" in st["message"] and "above the maximum 0" in st["message"]
+    assert prometheus.query('sum(modelserver_errors_total{model="m"})')[0]["value"][1] == "5"
+    assert scenario.template() == before
+    scenario.assert_invariant("canary-fails", before)
+
+
+def test_canary_steps_pass_then_promote(scenario: Scenario, models: Models, prometheus: Prometheus) -> None:
+    before = scenario.template()
+    cand = scenario.op.serve(models.good)
+    prometheus.configure([cand.removeprefix("http://")])
+    scenario.rollout("canary-ok", cand, scenario.op.serve(models.production), QUALITY, promotion=CANARY)
+    seen = set()
+    end = time.monotonic() + 180
+    while time.monotonic() < end:
+        st = scenario.status("canary-ok")
+        if st.get("phase") == "Canary" and st.get("canary"):
+            seen.add(st["canary"].get("weight"))
+            assert scenario.template() == before
+        if st.get("phase") in {"Promoted", "RolledBack", "Failed"}:
+            break
+        time.sleep(0.3)
+    assert st["phase"] == "Promoted", st.get("message")
+    assert seen == {25, 50}
+    assert scenario.cluster.kubectl("-n", scenario.ns, "get", "deployment", "churn-canary", check=False).returncode != 0
+    scenario.assert_invariant("canary-ok", before)
+
+
+def test_deleting_mid_way_removes_staging_and_leaves_production(scenario: Scenario, models: Models) -> None:
+    before = scenario.template()
+    scenario.rollout("gone", scenario.op.serve(models.good, "slow"), scenario.op.serve(models.production), QUALITY,
+                     load={"duration": "20s", "batchSizes": [1]})
+    scenario.wait_phase("gone", {"Evaluating"})
+    assert len(scenario.staging_objects("gone")) == 4
+    scenario.cluster.kubectl("-n", scenario.ns, "delete", "modelrollout", "gone", "--timeout=60s")
+    end = time.monotonic() + 60
+    while scenario.staging_objects("gone") and time.monotonic() < end:
+        time.sleep(0.5)
+    assert scenario.staging_objects("gone") == []
+    assert scenario.template() == before
