@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ kind: Node
 metadata:
   name: kwok-e2e
   annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake}
-  labels: {kubernetes.io/hostname: kwok-e2e, type: kwok}
+  labels: {kubernetes.io/hostname: kwok-e2e, type: kwok, pool: e2e}
 status:
   allocatable: {cpu: "32", memory: 32Gi, pods: "500"}
   capacity: {cpu: "32", memory: 32Gi, pods: "500"}
@@ -90,6 +91,7 @@ class Prometheus:
             cfg["rule_files"] = [str(self.folder / "rules.yml")]
         (self.folder / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         self.stop()
+        shutil.rmtree(self.folder / "data", ignore_errors=True)  # no series left from an earlier test
         self.proc = subprocess.Popen(
             ["prometheus", f"--config.file={self.folder / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.folder / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
@@ -151,7 +153,11 @@ class Operator:
     def stop(self, kill: bool = False) -> None:
         if self.proc is not None:
             self.proc.kill() if kill else self.proc.terminate()
-            self.proc.wait(20)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
             self.proc = None
 
     def metrics(self) -> str:
@@ -192,6 +198,7 @@ spec:
   template:
     metadata: {{labels: {{app: {name}}}}}
     spec:
+      nodeSelector: {{pool: e2e}}
       containers:
         - name: server
           image: registry.example/churn:7

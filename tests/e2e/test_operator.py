@@ -142,10 +142,13 @@ def test_canary_steps_pass_then_promote(scenario: Scenario, models: Models, prom
     seen = set()
     end = time.monotonic() + 180
     while time.monotonic() < end:
-        st = scenario.status("canary-ok")
+        t = scenario.template()
+        st = scenario.status("canary-ok")  # read after the template: it can only be newer
         if st.get("phase") == "Canary" and st.get("canary"):
             seen.add(st["canary"].get("weight"))
-            assert scenario.template() == before
+        if t != before:  # production may only change once every gate passed
+            assert (st.get("evaluation") or {}).get("outcome") == "Promote"
+            assert st.get("phase") in {"Canary", "Promoted"}
         if st.get("phase") in {"Promoted", "RolledBack", "Failed"}:
             break
         time.sleep(0.3)

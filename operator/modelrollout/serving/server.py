@@ -64,6 +64,11 @@ class Metrics:
         self.latency = Histogram("modelserver_request_duration_seconds", "Time to answer an inference request.",
                                  ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.model = model
+        for protocol in ("v1", "v2"):  # series exist at 0 from the start: "no errors" is not "no data"
+            self.requests.labels(model, protocol, "200")
+            self.errors.labels(model, protocol, "400")
+            self.latency.labels(model, protocol)
+        self.rows.labels(model)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
