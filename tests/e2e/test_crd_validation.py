@@ -1,0 +1,141 @@
+"""The API server itself rejects bad manifests (schema and CEL rules), naming the field.
+
+What only the operator can check (the target, the ConfigMap key, the hold-out columns)
+ends in a Failed condition that says exactly that, with nothing created.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from modelrollout.core.figures import SYSTEM, TASKS, figures_for
+from tests.conftest import ROOT, Cluster
+from tests.e2e.conftest import Scenario
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def api(cluster: Cluster) -> Iterator[client.CustomObjectsApi]:
+    cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modelrollouts.modelrollout.dev", "--timeout=60s")
+    yield client.CustomObjectsApi(config.new_client_from_config(cluster.kubeconfig))
+
+
+def good() -> dict[str, Any]:
+    body = copy.deepcopy(yaml.safe_load((ROOT / "examples" / "rollout.yaml").read_text()))
+    body["metadata"]["namespace"] = "default"
+    return dict(body)
+
+
+def create(api: client.CustomObjectsApi, body: dict[str, Any]) -> str | None:
+    """The API server's error message, or None when it accepts (dry run: nothing is stored)."""
+    try:
+        api.create_namespaced_custom_object("modelrollout.dev", "v1alpha1", "default", "modelrollouts", body,
+                                            dry_run="All")
+    except ApiException as e:
+        return str(json.loads(e.body)["message"])
+    return None
+
+
+def with_(path: str, value: Any, drop: bool = False) -> dict[str, Any]:
+    body = good()
+    node: Any = body
+    keys: list[Any] = [int(k) if k.isdigit() else k for k in path.split(".")]
+    for k in keys[:-1]:
+        node = node[k]
+    if drop:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return body
+
+
+BAD = [
+    ("spec.task", "ranking", "spec.task: Unsupported value: \"ranking\""),
+    ("spec.gates.0.metric", "wellness", "spec.gates[0].metric: Unsupported value: \"wellness\""),
+    ("spec.gates.0.metric", "r2", "a gate metric is not defined for task binary-classification"),
+    ("spec.gates.0.max", 0.1, "spec.gates[0]: Invalid value: min is greater than max"),
+    ("spec.gates.0.min", "high", "spec.gates[0].min: Invalid value: \"string\""),
+    ("spec.gates", [], "spec.gates: Invalid value: 0: spec.gates in body should have at least 1 items"),
+    ("spec.gates.0", {"metric": "f1"}, "a gate needs a bound"),
+    ("spec.gates.0", {"metric": "f1", "min": 0.5, "confidence": 0.9}, "confidence applies only to a relative bound"),
+    ("spec.holdout.url", {"url": "https://example.invalid/h.csv"}, "exactly one of configMapRef, url, pvc or file"),
+    ("spec.holdout.configMapRef", None, "exactly one of configMapRef, url, pvc or file"),
+    ("spec.load.duration", "-5m", "spec.load.duration: Invalid value: \"-5m\""),
+    ("spec.load.duration", "0s", "spec.load.duration: Invalid value: \"0s\": must be a positive duration"),
+    ("spec.staging.readyTimeout", "5 parsecs", "spec.staging.readyTimeout: Invalid value: \"5 parsecs\""),
+    ("spec.serving.maxResponseSize", "12Zi", "spec.serving.maxResponseSize: Invalid value: \"12Zi\": must be a "
+     "positive size"),
+    ("spec.load.concurrency", 0, "spec.load.concurrency: Invalid value: 0"),
+    ("spec.targetRef", None, "spec.targetRef: Required value"),
+    ("spec.targetRef.name", "Churn_Model", "spec.targetRef.name: Invalid value: \"Churn_Model\""),
+    ("spec.promotion.canary.steps", [{"weight": 50}, {"weight": 10}], "weights must increase"),
+    ("spec.promotion.approval", "Sometimes", "spec.promotion.approval: Unsupported value: \"Sometimes\""),
+    ("spec.load.mode", "open", "mode open needs a rate"),
+    ("spec.colour", "blue", "unknown field \"spec.colour\""),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD, ids=[f"{p}={v!r}"[:60] for p, v, _ in BAD])
+def test_api_server_rejects_bad_manifest_naming_the_field(api: client.CustomObjectsApi, path: str, value: Any,
+                                                          message: str) -> None:
+    body = with_(path, value, drop=value is None)
+    if path == "spec.colour":  # unknown fields are rejected under strict field validation (kubectl's default)
+        try:
+            api.create_namespaced_custom_object("modelrollout.dev", "v1alpha1", "default", "modelrollouts", body,
+                                                dry_run="All", field_validation="Strict")
+            err = None
+        except ApiException as e:
+            err = str(json.loads(e.body)["message"])
+    else:
+        err = create(api, body)
+    assert err is not None, f"accepted: {path}={value!r}"
+    assert message in err, err
+
+
+def test_the_example_is_accepted(api: client.CustomObjectsApi) -> None:
+    assert create(api, good()) is None
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_api_server_and_the_engine_agree_on_every_metric(api: client.CustomObjectsApi, task: str) -> None:
+    allowed = set(figures_for(task))  # type: ignore[arg-type]
+    every = {m for t in TASKS for m in figures_for(t)} | {"wellness"}
+    for metric in sorted(every):
+        body = good()
+        body["spec"]["task"] = task
+        body["spec"]["gates"] = [{"metric": metric, "max": 1e9}]
+        accepted = create(api, body) is None
+        assert accepted == (metric in allowed), (task, metric)
+    assert set(SYSTEM) <= allowed
+
+
+def test_operator_only_checks_end_in_a_failed_condition(scenario: Scenario, models: Any) -> None:
+    cases = {
+        "no-target": ({"targetRef": {"name": "missing"}}, "TargetNotFound", "target Deployment 'missing' does not exist"),
+        "no-key": ({"holdout": {"configMapRef": {"name": "holdout", "key": "nope.csv"}, "labelColumn": "label"}},
+                   "HoldoutNotFound", "has no key 'nope.csv'"),
+        "no-configmap": ({"holdout": {"configMapRef": {"name": "ghost", "key": "h.csv"}, "labelColumn": "label"}},
+                         "HoldoutNotFound", "ConfigMap"),
+        "no-label": ({"holdout": {"configMapRef": {"name": "holdout", "key": "holdout.csv"}, "labelColumn": "churned"}},
+                     "HoldoutInvalid", "label column 'churned' not found"),
+    }
+    before = scenario.template()
+    for name, (overrides, reason, words) in cases.items():
+        scenario.rollout(name, "http://127.0.0.1:9", "http://127.0.0.1:9", [{"metric": "f1", "min": 0.5}], **overrides)
+    for name, (_, reason, words) in cases.items():
+        st = scenario.wait_phase(name, {"Failed", "Staging", "Evaluating", "RolledBack", "Promoted"}, timeout=60)
+        assert st["phase"] == "Failed" and st["reason"] == reason, (name, st.get("message"))
+        assert words in st["message"], st["message"]
+        assert st["decision"]["result"] == "Failed"
+        assert scenario.staging_objects(name) == []
+    assert scenario.template() == before

@@ -1,0 +1,122 @@
+"""The rollout state machine, transition by transition, without a cluster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from modelrollout.core.decide import (
+    Observed,
+    after_canary_check,
+    canary_replicas,
+    candidate_template,
+    decide,
+)
+from modelrollout.core.spec import ModelRolloutSpec, parse_spec
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def spec(**promotion: Any) -> ModelRolloutSpec:
+    return parse_spec({
+        "targetRef": {"name": "churn"}, "task": "binary-classification", "serving": {"modelName": "m"},
+        "staging": {"readyTimeout": "60s"},
+        "holdout": {"configMapRef": {"name": "h", "key": "h.csv"}, "labelColumn": "y"},
+        "gates": [{"metric": "f1", "min": 0.5}], "promotion": promotion})
+
+
+def obs(**kw: Any) -> Observed:
+    return Observed(**{"generation": 1, "now": NOW, **kw})
+
+
+def ago(seconds: float) -> str:
+    return (NOW - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_new_rollout_stages_unless_the_target_is_busy() -> None:
+    assert decide(spec(), {}, obs()).action == "stage"
+    s = decide(spec(), {}, obs(blocked_by="older"))
+    assert (s.action, s.phase, s.reason) == ("wait", "Waiting", "TargetBusy") and "'older'" in s.message
+
+
+def test_input_errors_fail_before_anything_is_created() -> None:
+    s = decide(spec(), {}, obs(input_error="ConfigMap ns/h has no key 'h.csv'", input_reason="HoldoutNotFound"))
+    assert (s.action, s.phase, s.reason) == ("fail", "Failed", "HoldoutNotFound")
+    s = decide(spec(), {}, obs(target_exists=False))
+    assert s.reason == "TargetNotFound" and "nothing was created" in s.message
+
+
+def test_staging_waits_then_times_out_into_rollback() -> None:
+    st = {"phase": "Staging", "observedGeneration": 1, "staging": {"startedAt": ago(10)}}
+    assert decide(spec(), st, obs(staging_available=False)).action == "wait"
+    assert decide(spec(), st, obs(staging_available=True)).action == "evaluate"
+    st["staging"]["startedAt"] = ago(61)
+    s = decide(spec(), st, obs(staging_available=False))
+    assert (s.action, s.reason) == ("rollback", "StagingTimeout")
+
+
+def test_evaluation_outcomes() -> None:
+    st: dict[str, Any] = {"phase": "Evaluating", "observedGeneration": 1}
+    assert decide(spec(), st, obs()).action == "evaluate"
+    assert decide(spec(), st, obs(evaluation="running")).action == "wait"
+    s = decide(spec(), st, obs(evaluation="error", evaluation_error="candidate server: HTTP 500"))
+    assert s.reason == "EvaluationFailed" and "HTTP 500" in s.message
+    st["evaluation"] = {"outcome": "Reject", "reason": "gate 0 failed: f1", "generation": 1}
+    assert decide(spec(), st, obs()).reason == "GatesFailed"
+    st["evaluation"] = {"outcome": "Promote", "reason": "ok", "generation": 1}
+    assert decide(spec(), st, obs()).action == "promote"
+    assert decide(spec(approval="Manual"), st, obs()).action == "await_approval"
+    assert decide(spec(approval="Manual"), st, obs(annotations={"modelrollout.dev/approve": "true"})).action == "promote"
+    canary = spec(canary={"steps": [{"weight": 10, "pause": "1m"}]})
+    s = decide(canary, st, obs())
+    assert (s.action, s.canary_step) == ("canary", 0)
+
+
+def test_an_old_evaluation_never_promotes_a_new_spec() -> None:
+    st = {"phase": "Evaluating", "observedGeneration": 1,
+          "evaluation": {"outcome": "Promote", "reason": "ok", "generation": 1}}
+    s = decide(spec(), st, obs(generation=2))
+    assert (s.action, s.reason) == ("restart", "SpecChanged") and "generation 2" in s.message
+
+
+def test_canary_pause_then_check_then_next_step_or_promote() -> None:
+    sp = spec(canary={"steps": [{"weight": 10, "pause": "1m"}, {"weight": 50, "pause": "1m"}]})
+    st = {"phase": "Canary", "observedGeneration": 1, "canary": {"step": 0, "startedAt": ago(30)}}
+    assert decide(sp, st, obs(canary_available=True)).action == "wait"
+    st["canary"]["startedAt"] = ago(61)
+    assert decide(sp, st, obs(canary_available=True)).action == "check_canary"
+    assert after_canary_check(sp, 0, []).canary_step == 1
+    assert after_canary_check(sp, 1, []).action == "promote"
+    s = after_canary_check(sp, 0, ["no-errors: 3 is above the maximum 0"])
+    assert (s.action, s.reason) == ("rollback", "CanaryGateFailed") and "production restored" in s.message
+
+
+def test_abort_wins_in_any_active_phase_and_terminal_phases_stay() -> None:
+    for phase in ("Staging", "Evaluating", "AwaitingApproval", "Canary"):
+        s = decide(spec(), {"phase": phase, "observedGeneration": 1},
+                   obs(annotations={"modelrollout.dev/abort": "true"}))
+        assert (s.action, s.reason) == ("rollback", "Aborted")
+    done = {"phase": "RolledBack", "observedGeneration": 1, "reason": "GatesFailed", "message": "m"}
+    assert decide(spec(), done, obs(annotations={"modelrollout.dev/abort": "true"})).action == "none"
+    s = decide(spec(), done, obs(annotations={"modelrollout.dev/retry": "1"}))
+    assert (s.action, s.reason) == ("restart", "Retry")
+    assert decide(spec(), {**done, "retried": "1"}, obs(annotations={"modelrollout.dev/retry": "1"})).action == "none"
+
+
+def test_canary_replicas_split_by_weight() -> None:
+    assert canary_replicas(9, 10) == 1
+    assert canary_replicas(4, 50) == 4
+    assert canary_replicas(1, 5) == 1
+    assert canary_replicas(3, 100) == 3
+
+
+def test_candidate_template_changes_only_the_first_container() -> None:
+    t = {"metadata": {"labels": {"app": "x"}},
+         "spec": {"containers": [{"name": "s", "image": "a:1", "env": [{"name": "K", "value": "1"},
+                                                                      {"name": "M", "value": "old"}]},
+                                 {"name": "sidecar", "image": "proxy:1"}]}}
+    c = candidate_template(t, "a:2", [{"name": "M", "value": "new"}], None)
+    assert c["spec"]["containers"][0]["image"] == "a:2"
+    assert c["spec"]["containers"][0]["env"] == [{"name": "K", "value": "1"}, {"name": "M", "value": "new"}]
+    assert c["spec"]["containers"][1] == t["spec"]["containers"][1]
+    assert t["spec"]["containers"][0]["image"] == "a:1"  # the input is not changed
