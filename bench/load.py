@@ -58,8 +58,9 @@ def run_wrk(url: str, body: bytes, conc: int, duration: float, tmp: Path) -> tup
 def run_hey(url: str, body: bytes, conc: int, duration: float, tmp: Path) -> tuple[float, float, float]:
     f = tmp / "body.json"
     f.write_bytes(body)
-    out = subprocess.run([str(ensure_hey()), "-z", f"{duration:g}s", "-c", str(conc), "-m", "POST",
-                          "-T", "application/json", "-D", str(f), url], capture_output=True, text=True, check=True).stdout
+    cmd = [str(ensure_hey()), "-z", f"{duration:g}s", "-c", str(conc), "-m", "POST", "-T", "application/json",
+           "-D", str(f), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = float(re.search(r"50% in ([\d.]+) secs", out).group(1)) * 1e3  # type: ignore[union-attr]
     p99 = float(re.search(r"99% in ([\d.]+) secs", out).group(1)) * 1e3  # type: ignore[union-attr]

@@ -121,7 +121,8 @@ def test_the_api_server_and_the_engine_agree_on_every_metric(api: client.CustomO
 
 def test_operator_only_checks_end_in_a_failed_condition(scenario: Scenario, models: Any) -> None:
     cases = {
-        "no-target": ({"targetRef": {"name": "missing"}}, "TargetNotFound", "target Deployment 'missing' does not exist"),
+        "no-target": ({"targetRef": {"name": "missing"}}, "TargetNotFound",
+                      "target Deployment 'missing' does not exist"),
         "no-key": ({"holdout": {"configMapRef": {"name": "holdout", "key": "nope.csv"}, "labelColumn": "label"}},
                    "HoldoutNotFound", "has no key 'nope.csv'"),
         "no-configmap": ({"holdout": {"configMapRef": {"name": "ghost", "key": "h.csv"}, "labelColumn": "label"}},
@@ -130,8 +131,9 @@ def test_operator_only_checks_end_in_a_failed_condition(scenario: Scenario, mode
                      "HoldoutInvalid", "label column 'churned' not found"),
     }
     before = scenario.template()
-    for name, (overrides, reason, words) in cases.items():
-        scenario.rollout(name, "http://127.0.0.1:9", "http://127.0.0.1:9", [{"metric": "f1", "min": 0.5}], **overrides)
+    for name, (overrides, _, _) in cases.items():
+        scenario.rollout(name, "http://127.0.0.1:9", "http://127.0.0.1:9", [{"metric": "f1", "min": 0.5}],
+                         **overrides)
     for name, (_, reason, words) in cases.items():
         st = scenario.wait_phase(name, {"Failed", "Staging", "Evaluating", "RolledBack", "Promoted"}, timeout=60)
         assert st["phase"] == "Failed" and st["reason"] == reason, (name, st.get("message"))

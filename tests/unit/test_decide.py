@@ -66,7 +66,8 @@ def test_evaluation_outcomes() -> None:
     st["evaluation"] = {"outcome": "Promote", "reason": "ok", "generation": 1}
     assert decide(spec(), st, obs()).action == "promote"
     assert decide(spec(approval="Manual"), st, obs()).action == "await_approval"
-    assert decide(spec(approval="Manual"), st, obs(annotations={"modelrollout.dev/approve": "true"})).action == "promote"
+    approved = obs(annotations={"modelrollout.dev/approve": "true"})
+    assert decide(spec(approval="Manual"), st, approved).action == "promote"
     canary = spec(canary={"steps": [{"weight": 10, "pause": "1m"}]})
     s = decide(canary, st, obs())
     assert (s.action, s.canary_step) == ("canary", 0)
