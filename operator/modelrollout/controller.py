@@ -23,6 +23,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from modelrollout.core.decide import (
+    ANNOTATION_ABORT,
+    ANNOTATION_APPROVE,
     ANNOTATION_RETRY,
     TERMINAL,
     Observed,
@@ -95,6 +97,9 @@ class OperatorMetrics:
                                         registry=registry)
         self.in_flight = Gauge("modelrollout_evaluations_in_progress", "Evaluations running now.",
                                registry=registry)
+        self.api_requests = Counter("modelrollout_kubernetes_api_requests_total",
+                                    "Kubernetes API calls made by the controller (besides kopf's watches).",
+                                    registry=registry)
 
     def set_phase(self, name: str, ns: str, phase: str) -> None:
         for p in PHASES:
@@ -145,6 +150,7 @@ class Controller:
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_evaluations)
+        self.kube.on_call = self.metrics.api_requests.inc
 
     # --- observe -----------------------------------------------------------------------
     async def reconcile(self, body: Mapping[str, Any]) -> None:
@@ -273,6 +279,8 @@ class Controller:
             self.metrics.set_phase(name, ns, step.phase)
             return
         if a == "restart":
+            # an approval or abort was for the attempt that ended, not for the next one
+            await run(self.kube.annotate_rollout, ns, name, {ANNOTATION_APPROVE: None, ANNOTATION_ABORT: None})
             await self._cleanup(body, spec, status)
             self._forget(meta["uid"])
             patch.update({"evaluation": None, "canary": None, "staging": None, "decision": None, "gates": [],

@@ -126,6 +126,11 @@ class Operator:
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start(self.env)
 
     def map(self, mapping: dict[str, str]) -> None:
         current = json.loads(self.addresses.read_text()) if self.addresses.exists() else {}
@@ -146,6 +151,7 @@ class Operator:
 
     def start(self, env: dict[str, str]) -> None:
         assert self.log is not None
+        self.env = env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "-m", "modelrollout.handlers", "--all-namespaces", "--standalone"],
             env={**self.cluster.env(), **env}, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115

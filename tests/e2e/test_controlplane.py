@@ -71,7 +71,8 @@ def test_deployment_becomes_available(cluster: Cluster, node: str) -> None:
     assert any(c["type"] == "Available" and c["status"] == "True" for c in dep["status"]["conditions"])
     pods = get(cluster, "-n", ns, "pods")["items"]
     assert len(pods) == 2
-    assert all(p["status"]["phase"] == "Running" and p["spec"]["nodeName"] == node for p in pods)
+    nodes = {n["metadata"]["name"] for n in get(cluster, "nodes")["items"]}
+    assert all(p["status"]["phase"] == "Running" and p["spec"]["nodeName"] in nodes for p in pods)
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
@@ -100,32 +101,36 @@ spec:
 def test_crd_round_trips_with_status_subresource(cluster: Cluster) -> None:
     cluster.kubectl("apply", "-f", "-", input=CRD)
     cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.harness.modelrollout.dev", "--timeout=60s")
+    w1 = f"w-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("apply", "-f", "-", input="apiVersion: harness.modelrollout.dev/v1\nkind: Widget\n"
-                    "metadata: {name: w1, namespace: default}\nspec: {size: 3}\n")
+                    f"metadata: {{name: {w1}, namespace: default}}\nspec: {{size: 3}}\n")
     bad = cluster.kubectl("apply", "-f", "-", check=False, input="apiVersion: harness.modelrollout.dev/v1\n"
                           "kind: Widget\nmetadata: {name: w2, namespace: default}\nspec: {size: 0}\n")
     assert bad.returncode != 0 and "spec.size" in bad.stderr
     # status is only writable through the subresource
-    cluster.kubectl("patch", "widget", "w1", "--type=merge", "-p", '{"status": {"phase": "Ignored"}}')
-    assert "status" not in get(cluster, "widget", "w1")
-    cluster.kubectl("patch", "widget", "w1", "--subresource=status", "--type=merge", "-p",
+    cluster.kubectl("patch", "widget", w1, "--type=merge", "-p", '{"status": {"phase": "Ignored"}}')
+    assert "status" not in get(cluster, "widget", w1)
+    cluster.kubectl("patch", "widget", w1, "--subresource=status", "--type=merge", "-p",
                     '{"status": {"phase": "Done"}}')
-    w = get(cluster, "widget", "w1")
+    w = get(cluster, "widget", w1)
     assert w["status"]["phase"] == "Done" and w["spec"]["size"] == 3
 
 
 def test_service_account_without_role_is_denied(cluster: Cluster) -> None:
-    cluster.kubectl("create", "serviceaccount", "norole", "-n", "default")
-    out = cluster.kubectl("get", "pods", "-n", "default", "--as=system:serviceaccount:default:norole", check=False)
+    ns = f"rbac-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("create", "serviceaccount", "norole", "-n", ns)
+    out = cluster.kubectl("get", "pods", "-n", ns, f"--as=system:serviceaccount:{ns}:norole", check=False)
     assert out.returncode != 0 and "Forbidden" in out.stderr
-    cluster.kubectl("create", "role", "pod-reader", "-n", "default", "--verb=get,list", "--resource=pods")
-    cluster.kubectl("create", "rolebinding", "norole-reads", "-n", "default", "--role=pod-reader",
-                    "--serviceaccount=default:norole")
-    as_sa = ["get", "pods", "-n", "default", "--as=system:serviceaccount:default:norole"]
+    cluster.kubectl("create", "role", "pod-reader", "-n", ns, "--verb=get,list", "--resource=pods")
+    cluster.kubectl("create", "rolebinding", "norole-reads", "-n", ns, "--role=pod-reader",
+                    f"--serviceaccount={ns}:norole")
+    as_sa = ["get", "pods", "-n", ns, f"--as=system:serviceaccount:{ns}:norole"]
     wait("RBAC grant", lambda: cluster.kubectl(*as_sa, check=False).returncode == 0)
 
 
 def test_deleting_owner_garbage_collects_dependents(cluster: Cluster) -> None:
+    cluster.kubectl("delete", "configmap", "owner", "dependent", "-n", "default", "--ignore-not-found")
     cluster.kubectl("create", "configmap", "owner", "-n", "default")
     uid = get(cluster, "configmap", "owner", "-n", "default")["metadata"]["uid"]
     cluster.kubectl("apply", "-f", "-", input=f"""

@@ -3,7 +3,8 @@
     python tests/integration/servers.py MODEL.skops PORT MODE
 
 MODE: ok | leak (keeps every request body) | slow (one request at a time, 20 ms each) |
-fat (holds 1 GiB) | 500 | hang | malformed | wrong_count | huge | close (closes mid-response)
+fat (holds 1 GiB) | auth (wants "Bearer s3cret") | 500 | hang | malformed | wrong_count | huge |
+close (closes mid-response)
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def fault(mode: str) -> Any:
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.method != "POST":
             return await handler(request)
+        if mode == "auth" and request.headers.get("Authorization") != "Bearer s3cret":
+            return web.json_response({"error": "unauthorized"}, status=401)
         if mode == "leak":
             KEPT.append(await request.read() * 4)  # what a careless cache would do
         elif mode == "slow":

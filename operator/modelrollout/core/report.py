@@ -106,6 +106,25 @@ def to_json(rep: Report) -> dict[str, Any]:
     }
 
 
+def from_status(task: str, status: Mapping[str, Any]) -> Report:
+    """A report rebuilt from a ModelRollout's status, so `kubectl modelrollout status` shows the same table."""
+    from modelrollout.core.gates import Decision, Outcome, Verdict
+
+    cand = status.get("candidate") or {}
+    ivs = {k: Interval(v["low"], v["high"], v.get("level", 0.95), v.get("resamples", 0))
+           for k, v in (cand.get("intervals") or {}).items()}
+    gates = [GateResult(
+        index=g["index"], metric=g["metric"], bound=g["bound"], threshold=g["threshold"],
+        verdict=Verdict(g["verdict"]), message=g.get("message", ""), value=g.get("value"),
+        baseline=g.get("baseline"), delta=g.get("delta"), confidence=g.get("confidence"),
+        samples=g.get("samples"), dry_run=bool(g.get("dryRun"))) for g in status.get("gates") or []]
+    ev = Evidence(cand.get("metrics") or {}, (status.get("baseline") or {}).get("metrics"), ivs)
+    d = status.get("decision") or {}
+    outcome = Outcome.PROMOTE if d.get("result") == "Promoted" else Outcome.REJECT
+    reason = d.get("reason") or status.get("message") or str(status.get("phase") or "Pending")
+    return Report(task=task, evidence=ev, gates=gates, decision=Decision(outcome, reason))
+
+
 def _f(v: float | None) -> str:
     if v is None or not math.isfinite(v):
         return "-"

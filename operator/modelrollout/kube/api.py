@@ -55,6 +55,15 @@ def pod_requests(template_spec: Mapping[str, Any]) -> tuple[float, float]:
     return mem, cpu
 
 
+def current_namespace(kubeconfig: str | None = None) -> str:
+    """The namespace of the kubeconfig's current context, as kubectl would use."""
+    try:
+        _, ctx = config.list_kube_config_contexts(config_file=kubeconfig)
+        return str(ctx.get("context", {}).get("namespace") or "default")
+    except (config.ConfigException, OSError):
+        return "default"
+
+
 class Kube:
     def __init__(self, kubeconfig: str | None = None):
         try:
@@ -65,7 +74,8 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
-        self.requests = 0  # API calls made, for the benchmark
+        self.requests = 0  # API calls made (the operator exports it; the benchmark reads it)
+        self.on_call: Callable[[], None] | None = None
 
     def _dict(self, obj: Any) -> dict[str, Any]:
         out: dict[str, Any] = self.api.sanitize_for_serialization(obj)
@@ -73,6 +83,8 @@ class Kube:
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self.requests += 1
+        if self.on_call is not None:
+            self.on_call()
         return fn(*args, **kwargs)
 
     # --- reads ---------------------------------------------------------------------
@@ -127,6 +139,15 @@ class Kube:
             if e.status == 404:
                 return None
             raise
+
+    def list_all_rollouts(self) -> list[dict[str, Any]]:
+        out = self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        items: list[dict[str, Any]] = out.get("items", [])
+        return items
+
+    def annotate_rollout(self, ns: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
+                   {"metadata": {"annotations": dict(annotations)}})
 
     def list_rollouts(self, ns: str) -> list[dict[str, Any]]:
         out = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL)
@@ -189,10 +210,11 @@ class Kube:
                    [{"op": "replace", "path": "/spec/template", "value": dict(template)}])
 
     def ensure_namespace(self, ns: str) -> None:
+        """Create the staging namespace if allowed; the chart grants no namespace creation, so it must exist."""
         try:
             self._call(self.core.create_namespace, {"metadata": {"name": ns}})
         except ApiException as e:
-            if e.status != 409:
+            if e.status not in (403, 409):
                 raise
 
     def patch_status(self, ns: str, name: str, status: Mapping[str, Any]) -> None:

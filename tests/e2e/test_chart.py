@@ -1,0 +1,270 @@
+"""The Helm chart: lint, render, schema, install, least-privilege RBAC, alerts and dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelrollout.controller import OperatorMetrics
+from modelrollout.core.engine import build_report
+from modelrollout.core.figures import figures_for
+from modelrollout.core.gates import Evidence
+from modelrollout.core.spec import Gate
+from tests.conftest import ROOT, Cluster
+from tests.e2e.conftest import Models, Prometheus, Scenario
+
+pytestmark = pytest.mark.e2e
+CHART = ROOT / "charts" / "modelrollout"
+ALL_ON = ["--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true",
+          "--set", "serviceMonitor.enabled=true", "--set", "rbac.secretNamespaces={ml}"]
+
+
+def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([f"{cluster.bindir}/helm", *args], capture_output=True, text=True, env=cluster.env(),
+                          check=check, timeout=300)
+
+
+def render(cluster: Cluster, *args: str) -> list[dict[str, Any]]:
+    out = helm(cluster, "template", "mr", str(CHART), "--namespace", "modelrollout-system",
+               "--kube-version", "1.35.4", *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_chart_crd_is_the_crd(cluster: Cluster) -> None:
+    assert (CHART / "crds" / "modelrollouts.modelrollout.dev.yaml").read_bytes() == \
+        (ROOT / "crds" / "modelrollouts.modelrollout.dev.yaml").read_bytes()
+
+
+def test_lint_is_clean(cluster: Cluster) -> None:
+    for extra in ([], ALL_ON):
+        out = helm(cluster, "lint", "--strict", str(CHART), *extra)
+        assert "0 chart(s) failed" in out.stdout and "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout
+
+
+def test_renders_with_defaults_and_with_every_option(cluster: Cluster) -> None:
+    kinds = sorted(d["kind"] for d in render(cluster))
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    docs = render(cluster, *ALL_ON)
+    kinds = sorted(d["kind"] for d in docs)
+    assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "Role", "RoleBinding"} <= set(kinds)
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["modelrollout.json"])["uid"] == "modelrollout"
+
+
+@pytest.mark.parametrize(("setting", "words"), [
+    ("replicas=3", "replicas"), ("operator.maxConcurrentEvaluations=0", "maxConcurrentEvaluations"),
+    ("alerts.stuckFor=soon", "stuckFor"), ("colour=blue", "colour"),
+])
+def test_schema_rejects_bad_values_clearly(cluster: Cluster, setting: str, words: str) -> None:
+    out = helm(cluster, "template", "mr", str(CHART), "--kube-version", "1.35.4", "--set", setting, check=False)
+    assert out.returncode != 0 and "values don't meet the specifications of the schema" in out.stderr
+    assert words in out.stderr, out.stderr
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    out = subprocess.run([str(Path(sys.executable).parent / "hadolint"), str(ROOT / "Dockerfile")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- alerts -------------------------------------------------------------------------
+
+def rules_file(cluster: Cluster, tmp: Path, stuck_for: str = "30m") -> Path:
+    docs = render(cluster, "--set", "prometheusRule.enabled=true", "--set", f"alerts.stuckFor={stuck_for}")
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    path = tmp / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    return path
+
+
+ALERT_TESTS = Path(__file__).with_name("alerts_test.yaml")
+
+
+def test_alert_rules_check_and_unit_tests(cluster: Cluster, tmp_path: Path) -> None:
+    rules = rules_file(cluster, tmp_path)
+    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 5 rules found" in check.stdout
+    (tmp_path / "tests.yaml").write_text(ALERT_TESTS.read_text())
+    out = subprocess.run(["promtool", "test", "rules", "tests.yaml"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- dashboard ----------------------------------------------------------------------
+
+def dashboard_exprs() -> list[str]:
+    d = json.loads((CHART / "files" / "dashboard.json").read_text())
+    exprs = [t["expr"] for p in d["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"] if isinstance(v["query"], str) else v["query"]["query"]
+              for v in d["templating"]["list"] if v.get("type") == "query"]
+    return exprs
+
+
+def test_dashboard_is_built_by_the_sdk_and_unchanged() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "hack" / "dashboard.py")], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout == (CHART / "files" / "dashboard.json").read_text()
+
+
+def exported_names() -> set[str]:
+    """Every metric name the operator exports, once it has observed a report with every figure."""
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry()
+    m = OperatorMetrics(reg)
+    everything = {f: 1.0 for t in ("binary-classification", "regression") for f in figures_for(t)}  # type: ignore[arg-type]
+    rep = build_report("binary-classification", [Gate.model_validate({"metric": "f1", "min": 0})], None)
+    rep.evidence = Evidence(everything, everything)
+    m.figures.observe(rep, "r", "ns")
+    m.set_phase("r", "ns", "Pending")
+    m.decisions.labels("ns", "Promoted").inc()
+    m.eval_errors.labels("ns").inc()
+    return {s.name for fam in reg.collect() for s in fam.samples}
+
+
+def test_every_dashboard_query_parses_and_names_an_exported_metric(prometheus: Prometheus) -> None:
+    names = exported_names()
+    prometheus.configure([])
+    for expr in dashboard_exprs():
+        if expr.startswith("label_values("):
+            metric = re.search(r"label_values\((\w+)", expr).group(1)  # type: ignore[union-attr]
+            assert metric in names, metric
+            continue
+        concrete = expr.replace("$namespace", ".*").replace("$rollout", ".*")
+        url = prometheus.url + "/api/v1/query?" + urllib.parse.urlencode({"query": concrete})
+        with urllib.request.urlopen(url) as r:
+            assert json.loads(r.read())["status"] == "success", expr
+        for metric in re.findall(r"\b(modelrollout_\w+)", expr):
+            assert metric in names, f"{metric} (in {expr}) is not exported by the operator"
+
+
+# --- install, RBAC, and the operator under the chart's ServiceAccount ---------------
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster) -> str:
+    helm(cluster, "upgrade", "--install", "mr", str(CHART), "--namespace", "modelrollout-system",
+         "--create-namespace", "--wait", "--timeout", "120s")
+    return "system:serviceaccount:modelrollout-system:mr"
+
+
+def test_helm_install_succeeds(cluster: Cluster, installed: str) -> None:
+    out = helm(cluster, "status", "mr", "--namespace", "modelrollout-system")
+    assert "STATUS: deployed" in out.stdout
+    dep = json.loads(cluster.kubectl("-n", "modelrollout-system", "get", "deployment", "mr", "-o", "json").stdout)
+    assert dep["status"].get("availableReplicas") == 1
+
+
+@pytest.mark.parametrize(("verb", "resource", "allowed"), [
+    ("patch", "deployments.apps", True), ("get", "configmaps", True), ("list", "nodes", True),
+    ("patch", "modelrollouts.modelrollout.dev/status", True),
+    ("get", "secrets", False), ("list", "secrets", False), ("delete", "configmaps", False),
+    ("create", "namespaces", False), ("delete", "nodes", False),
+    ("create", "clusterroles.rbac.authorization.k8s.io", False),
+])
+def test_least_privilege(cluster: Cluster, installed: str, verb: str, resource: str, allowed: bool) -> None:
+    out = cluster.kubectl("auth", "can-i", verb, resource, "-n", "default", f"--as={installed}", check=False)
+    assert out.stdout.strip() == ("yes" if allowed else "no"), (verb, resource, out.stdout)
+
+
+def sa_kubeconfig(cluster: Cluster, tmp: Path) -> Path:
+    token = cluster.kubectl("-n", "modelrollout-system", "create", "token", "mr", "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    cfg = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"], "current-context": "sa",
+           "users": [{"name": "sa", "user": {"token": token}}],
+           "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": "sa"}}]}
+    path = tmp / "sa.kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_operator_under_the_chart_service_account_promotes(cluster: Cluster, installed: str, scenario: Scenario,
+                                                          models: Models, tmp_path: Path) -> None:
+    kc = sa_kubeconfig(cluster, tmp_path)
+    denied = subprocess.run([f"{cluster.bindir}/kubectl", "--kubeconfig", str(kc), "get", "secrets", "-n", "default"],
+                            capture_output=True, text=True)
+    assert denied.returncode != 0 and "Forbidden" in denied.stderr
+    op = scenario.op
+    admin_env = op.env
+    op.stop()  # the session operator runs as admin; run one as the chart's ServiceAccount instead
+    try:
+        op.start({"KUBECONFIG": str(kc), "MODELROLLOUT_SERVICE_ADDRESSES_FILE": str(op.addresses),
+                  "MODELROLLOUT_METRICS_PORT": str(op.metrics_port), "MODELROLLOUT_RECONCILE_INTERVAL": "1"})
+        before = scenario.template()
+        scenario.rollout("rbac", op.serve(models.good), op.serve(models.production),
+                         [{"metric": "f1", "min": 0.9}, {"metric": "replicas_fit", "min": 1}])
+        st = scenario.wait_phase("rbac", {"Promoted", "RolledBack", "Failed"})
+        assert st["phase"] == "Promoted", st.get("message")
+        assert scenario.template() != before
+        scenario.assert_invariant("rbac", before)
+        log = (op.log.read_text() if op.log else "")
+        assert "Forbidden" not in log.split("rbac", 1)[-1]
+    finally:
+        op.stop()
+        op.start(admin_env)
+
+
+def test_rolled_back_alert_fires_in_a_real_prometheus(cluster: Cluster, scenario: Scenario, models: Models,
+                                                      prometheus: Prometheus, tmp_path: Path) -> None:
+    rules = rules_file(cluster, tmp_path).read_text()
+    prometheus.configure([f"127.0.0.1:{scenario.op.metrics_port}"], rules=rules)
+    scenario.rollout("alerted", scenario.op.serve(models.bad), scenario.op.serve(models.production),
+                     [{"metric": "f1", "min": 0.9}])
+    assert scenario.wait_phase("alerted", {"RolledBack", "Promoted", "Failed"})["phase"] == "RolledBack"
+    import time
+    end = time.monotonic() + 60
+    firing: list[dict[str, Any]] = []
+    while time.monotonic() < end and not firing:
+        with urllib.request.urlopen(prometheus.url + "/api/v1/alerts") as r:
+            alerts = json.loads(r.read())["data"]["alerts"]
+        firing = [a for a in alerts if a["labels"]["alertname"] == "ModelRolloutRolledBack"
+                  and a["labels"].get("namespace") == scenario.ns and a["state"] == "firing"]
+        time.sleep(1)
+    assert firing, "ModelRolloutRolledBack never fired"
+    gate = [a for a in alerts if a["labels"]["alertname"] == "ModelRolloutGateFailing"
+            and a["labels"].get("rollout") == "alerted"]
+    assert gate and gate[0]["labels"]["metric"] == "f1"
+
+
+def test_kubectl_plugin(cluster: Cluster, scenario: Scenario, models: Models) -> None:
+    plugin = Path(sys.executable).parent / "kubectl-modelrollout"
+    env = {**cluster.env(), "PATH": f"{plugin.parent}:{cluster.env()['PATH']}"}
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([f"{cluster.bindir}/kubectl", "modelrollout", "-n", scenario.ns, *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    scenario.rollout("plug", scenario.op.serve(models.good), scenario.op.serve(models.production),
+                     [{"metric": "f1", "min": 0.9}, {"metric": "f1", "maxDrop": 0.05}],
+                     promotion={"approval": "Manual"})
+    scenario.wait_phase("plug", {"AwaitingApproval"})
+    out = kubectl("list")
+    assert out.returncode == 0 and "plug" in out.stdout and "AwaitingApproval" in out.stdout
+    out = kubectl("status", "plug")
+    assert out.returncode == 0, out.stderr
+    row = r"^f1\s+0\.9\d+\s+0\.9\d+\s+\+0\.\d+\s+\[0\.\d+, 0\.\d+\]\s+min 0\.9000\s+Pass"
+    assert re.search(row, out.stdout, re.M), out.stdout
+    assert kubectl("approve", "plug").returncode == 0
+    assert scenario.wait_phase("plug", {"Promoted", "RolledBack"})["phase"] == "Promoted"
+    assert kubectl("retry", "plug").returncode == 0
+    scenario.wait_phase("plug", {"AwaitingApproval", "Staging", "Evaluating"})
+    assert kubectl("abort", "plug").returncode == 0
+    st = scenario.wait_phase("plug", {"RolledBack"})
+    assert st["reason"] == "Aborted"
+    assert kubectl("status", "nope").returncode == 1
