@@ -104,6 +104,9 @@ class OperatorMetrics:
     def set_phase(self, name: str, ns: str, phase: str) -> None:
         for p in PHASES:
             self.phase.labels(name, ns, p).set(1.0 if p == phase else 0.0)
+        for result in TERMINAL:  # counters exist at 0 before the first decision, so increase() sees it
+            self.decisions.labels(ns, result)
+        self.eval_errors.labels(ns)
 
 
 def now() -> datetime:

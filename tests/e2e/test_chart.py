@@ -15,12 +15,11 @@ import pytest
 import yaml
 
 from modelrollout.controller import OperatorMetrics
-from modelrollout.core.engine import build_report
+from modelrollout.core.engine import SystemFigures, build_report
 from modelrollout.core.figures import figures_for
-from modelrollout.core.gates import Evidence
 from modelrollout.core.spec import Gate
 from tests.conftest import ROOT, Cluster
-from tests.e2e.conftest import Models, Prometheus, Scenario
+from tests.e2e.conftest import Models, Operator, Prometheus, Scenario
 
 pytestmark = pytest.mark.e2e
 CHART = ROOT / "charts" / "modelrollout"
@@ -130,8 +129,8 @@ def exported_names() -> set[str]:
     reg = CollectorRegistry()
     m = OperatorMetrics(reg)
     everything = {f: 1.0 for t in ("binary-classification", "regression") for f in figures_for(t)}  # type: ignore[arg-type]
-    rep = build_report("binary-classification", [Gate.model_validate({"metric": "f1", "min": 0})], None)
-    rep.evidence = Evidence(everything, everything)
+    rep = build_report("binary-classification", [Gate.model_validate({"metric": "f1", "min": 0})], None,
+                       candidate_system=SystemFigures(everything, {}), baseline_system=SystemFigures(everything, {}))
     m.figures.observe(rep, "r", "ns")
     m.set_phase("r", "ns", "Pending")
     m.decisions.labels("ns", "Promoted").inc()
@@ -158,9 +157,11 @@ def test_every_dashboard_query_parses_and_names_an_exported_metric(prometheus: P
 # --- install, RBAC, and the operator under the chart's ServiceAccount ---------------
 
 @pytest.fixture(scope="module")
-def installed(cluster: Cluster) -> str:
-    helm(cluster, "upgrade", "--install", "mr", str(CHART), "--namespace", "modelrollout-system",
-         "--create-namespace", "--wait", "--timeout", "120s")
+def installed(cluster: Cluster, operator: Operator) -> str:
+    """The chart installed (the operator fixture has made a node its pod can land on)."""
+    out = helm(cluster, "upgrade", "--install", "mr", str(CHART), "--namespace", "modelrollout-system",
+               "--create-namespace", "--wait", "--timeout", "120s", check=False)
+    assert out.returncode == 0, out.stderr
     return "system:serviceaccount:modelrollout-system:mr"
 
 
