@@ -76,6 +76,11 @@ def encode(
         return Problem(task, yt_f, yp_f, None, (), n_features)
     if task == "binary-classification":
         pos = positive_label if positive_label is not None else _default_positive(yt)
+        if classes is not None:
+            known = {str(_key(c)) for c in classes}
+            foreign = sorted({str(_key(v)) for v in _as_list(np.unique(yt))} - known)
+            if foreign:
+                raise DataError(f"labels {foreign[:5]} are not among the model's classes {list(classes)[:10]}")
         labels = set(_as_list(np.unique(yt))) | set(_as_list(np.unique(yp)))
         if len(labels) > 2:
             raise DataError(f"{who}: binary task but found labels {sorted(map(str, labels))}")

@@ -132,21 +132,25 @@ class ModelClient:
             raise ServerError(server, request, "malformed",
                               f"response is not JSON: {data[:120].decode('utf-8', 'replace')!r}") from None
 
-    async def ready(self) -> bool:
+    async def _readiness(self) -> str | None:
+        """None when ready, else what went wrong."""
         path = "/v2/health/ready" if self.ep.protocol == "v2" else f"/v1/models/{self.ep.model_name}"
         try:
             status, _ = await self._call("GET", path, "readiness")
-        except ServerError:
-            return False
-        return status == 200
+        except ServerError as e:
+            return e.detail
+        return None if status == 200 else f"HTTP {status}"
+
+    async def ready(self) -> bool:
+        return await self._readiness() is None
 
     async def wait_ready(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while not await self.ready():
+        while (problem := await self._readiness()) is not None:
             if loop.time() > end:
-                raise ServerError(f"{self.ep.label} server {self.ep.base}", "readiness", "not_ready",
-                                  f"not ready within {timeout:g}s")
+                raise ServerError(f"{self.ep.label} server {self.ep.base}", f"GET {self.ep.base} readiness",
+                                  "not_ready", f"not ready within {timeout:g}s (last answer: {problem})")
             await asyncio.sleep(0.2)
 
     async def metadata(self) -> dict[str, Any]:
