@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,6 @@ class Metrics:
         self.rows.labels(model)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(model: Any, name: str, *, middlewares: list[Any] | None = None) -> web.Application:
