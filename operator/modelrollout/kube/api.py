@@ -105,13 +105,17 @@ class Kube:
         return bool(st.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
                     and st.get("availableReplicas", 0) >= want and st.get("updatedReplicas", 0) >= want)
 
-    def config_map_file(self, ns: str, name: str, key: str) -> bytes:
+    def _read(self, kind: str, fn: Callable[..., Any], ns: str, name: str) -> Any:
+        """Read one object; a missing one is a NotFound that says which."""
         try:
-            cm = self._call(self.core.read_namespaced_config_map, name, ns)
+            return self._call(fn, name, ns)
         except ApiException as e:
             if e.status == 404:
-                raise NotFound(f"ConfigMap {ns}/{name} does not exist") from None
+                raise NotFound(f"{kind} {ns}/{name} does not exist") from None
             raise
+
+    def config_map_file(self, ns: str, name: str, key: str) -> bytes:
+        cm = self._read("ConfigMap", self.core.read_namespaced_config_map, ns, name)
         if cm.data and key in cm.data:
             return str(cm.data[key]).encode()
         if cm.binary_data and key in cm.binary_data:
@@ -120,12 +124,7 @@ class Kube:
         raise NotFound(f"ConfigMap {ns}/{name} has no key {key!r} (keys: {keys})")
 
     def secret_value(self, ns: str, name: str, key: str) -> str:
-        try:
-            s = self._call(self.core.read_namespaced_secret, name, ns)
-        except ApiException as e:
-            if e.status == 404:
-                raise NotFound(f"Secret {ns}/{name} does not exist") from None
-            raise
+        s = self._read("Secret", self.core.read_namespaced_secret, ns, name)
         if not s.data or key not in s.data:
             raise NotFound(f"Secret {ns}/{name} has no key {key!r}")
         return base64.b64decode(s.data[key]).decode()

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,46 +113,48 @@ def make_app(model: Any, name: str, *, middlewares: list[Any] | None = None) -> 
             out["predict_proba"] = np.asarray(model.predict_proba(rows), dtype=np.float64)
         return out
 
-    async def infer_v2(request: web.Request) -> web.Response:
-        check_name(request)
-        t0 = time.perf_counter()
-        try:
-            body = await request.json()
-            if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
-                raise ProtocolError("the request has no `inputs` list")
-            rows = tensor_array(body["inputs"][0]).astype(np.float64)
-            want = [str(o.get("name")) for o in body.get("outputs") or [] if isinstance(o, dict)] or ["predict"]
-            outs = run(rows, want)
-        except (ProtocolError, ValueError, TypeError) as e:
-            m.errors.labels(name, "v2", "400").inc()
-            m.requests.labels(name, "v2", "400").inc()
-            return error(400, str(e))
-        resp = {"model_name": name, "outputs": [v2_tensor(k, v) for k, v in outs.items() if k in want]}
-        m.rows.labels(name).inc(len(rows))
-        m.requests.labels(name, "v2", "200").inc()
-        m.latency.labels(name, "v2").observe(time.perf_counter() - t0)
-        return web.json_response(resp)
+    def decode_v2(body: Any) -> tuple[np.ndarray, list[str]]:
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
+            raise ProtocolError("the request has no `inputs` list")
+        want = [str(o.get("name")) for o in body.get("outputs") or [] if isinstance(o, dict)] or ["predict"]
+        return tensor_array(body["inputs"][0]).astype(np.float64), want
 
-    async def infer_v1(request: web.Request) -> web.Response:
-        check_name(request)
-        t0 = time.perf_counter()
-        try:
-            body = await request.json()
-            if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
-                raise ProtocolError("the request has no `instances` list")
-            rows = np.asarray(body["instances"], dtype=np.float64)
-            outs = run(rows, ["predict", "predict_proba"] if has_proba else ["predict"])
-        except (ProtocolError, ValueError, TypeError) as e:
-            m.errors.labels(name, "v1", "400").inc()
-            m.requests.labels(name, "v1", "400").inc()
-            return error(400, str(e))
+    def encode_v2(outs: dict[str, np.ndarray], want: list[str]) -> dict[str, Any]:
+        return {"model_name": name, "outputs": [v2_tensor(k, v) for k, v in outs.items() if k in want]}
+
+    def decode_v1(body: Any) -> tuple[np.ndarray, list[str]]:
+        if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
+            raise ProtocolError("the request has no `instances` list")
+        want = ["predict", "predict_proba"] if has_proba else ["predict"]
+        return np.asarray(body["instances"], dtype=np.float64), want
+
+    def encode_v1(outs: dict[str, np.ndarray], _: list[str]) -> dict[str, Any]:
         resp: dict[str, Any] = {"predictions": outs["predict"].tolist()}
         if "predict_proba" in outs:
             resp["probabilities"] = outs["predict_proba"].tolist()
-        m.rows.labels(name).inc(len(rows))
-        m.requests.labels(name, "v1", "200").inc()
-        m.latency.labels(name, "v1").observe(time.perf_counter() - t0)
-        return web.json_response(resp)
+        return resp
+
+    def infer(protocol: str, decode: Callable[[Any], tuple[np.ndarray, list[str]]],
+              encode: Callable[[dict[str, np.ndarray], list[str]], dict[str, Any]]) -> Callable[
+            [web.Request], Awaitable[web.Response]]:
+        """One inference handler per protocol: the same checks, counting and timing for both."""
+        async def handler(request: web.Request) -> web.Response:
+            check_name(request)
+            t0 = time.perf_counter()
+            try:
+                rows, want = decode(await request.json())
+                outs = run(rows, want)
+            except (ProtocolError, ValueError, TypeError) as e:
+                m.errors.labels(name, protocol, "400").inc()
+                m.requests.labels(name, protocol, "400").inc()
+                return error(400, str(e))
+            resp = encode(outs, want)
+            m.rows.labels(name).inc(len(rows))
+            m.requests.labels(name, protocol, "200").inc()
+            m.latency.labels(name, protocol).observe(time.perf_counter() - t0)
+            return web.json_response(resp)
+
+        return handler
 
     async def v1_status(request: web.Request) -> web.Response:
         check_name(request)
@@ -164,8 +167,9 @@ def make_app(model: Any, name: str, *, middlewares: list[Any] | None = None) -> 
     app.add_routes([
         web.get("/v2/health/live", ready), web.get("/v2/health/ready", ready),
         web.get("/v2/models/{name}", metadata), web.get("/v2/models/{name}/ready", ready),
-        web.post("/v2/models/{name}/infer", infer_v2),
-        web.get("/v1/models/{name:[^/:]+}", v1_status), web.post("/v1/models/{name:[^/:]+}:predict", infer_v1),
+        web.post("/v2/models/{name}/infer", infer("v2", decode_v2, encode_v2)),
+        web.get("/v1/models/{name:[^/:]+}", v1_status),
+        web.post("/v1/models/{name:[^/:]+}:predict", infer("v1", decode_v1, encode_v1)),
         web.get("/metrics", metrics),
     ])
     return app
