@@ -31,6 +31,11 @@ class Cluster:
         return subprocess.run([f"{self.bindir}/kubectl", *args], input=input, capture_output=True, text=True,
                               env=self.env(), check=check, timeout=120)
 
+    def restart_apiserver(self, down_seconds: float = 0) -> None:
+        """Stop the API server, keep it down a while, start it again (the project's control plane only)."""
+        subprocess.run([str(SCRIPT), "restart-apiserver", str(down_seconds)], check=True, capture_output=True,
+                       timeout=180)
+
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:

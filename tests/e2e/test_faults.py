@@ -7,6 +7,7 @@ not all pass.
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.e2e.conftest import Models, Scenario
+from tests.e2e.conftest import TARGET, Models, Scenario
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -122,26 +123,139 @@ def _generation(scenario: Scenario) -> int:
     return int(scenario.get("deployment", scenario.target)["metadata"]["generation"])
 
 
-@pytest.mark.parametrize("kill_at", ["Staging", "Evaluating", "Canary"])
-def test_operator_killed_mid_rollout_resumes_to_the_same_decision(scenario: Scenario, models: Models,
-                                                                  kill_at: str) -> None:
+# Where the operator is SIGKILLed: (phase, canary step or None, seconds after reaching it).
+KILL_POINTS: dict[str, tuple[str | None, int | None, float]] = {
+    "before-first-reconcile": (None, None, 0),  # applied while the operator is down
+    "staging": ("Staging", None, 1.5),
+    "evaluating": ("Evaluating", None, 0),
+    "mid-evaluation": ("Evaluating", None, 2.5),
+    "awaiting-approval": ("AwaitingApproval", None, 0),
+    "canary-step-1": ("Canary", 0, 0),
+    "mid-canary-step-1": ("Canary", 0, 2),
+    "canary-step-2": ("Canary", 1, 0),
+    "mid-canary-step-2": ("Canary", 1, 2),
+    "promoted": ("Promoted", None, 0),
+}
+
+
+def _progress(scenario: Scenario, name: str, until: tuple[str, int | None] | None, approve: bool,
+              timeout: float = 180) -> dict[str, Any]:
+    """Follow a rollout until `until` (phase, canary step) or a terminal phase, approving on the way."""
+    end = time.monotonic() + timeout
+    st: dict[str, Any] = {}
+    while time.monotonic() < end:
+        st = scenario.status(name)
+        phase, step = st.get("phase"), (st.get("canary") or {}).get("step")
+        if until is not None and phase == until[0] and until[1] in (None, step):
+            return st
+        if phase in TERMINAL:
+            assert until is None or until[0] in TERMINAL, f"{name} ended {phase} before {until}: {st.get('message')}"
+            return st
+        if phase == "AwaitingApproval" and approve:
+            scenario.annotate(name, "modelrollout.dev/approve")
+        time.sleep(0.3)
+    raise AssertionError(f"{name} never reached {until}; status: {st}")
+
+
+@pytest.mark.parametrize("kill_at", list(KILL_POINTS))
+def test_operator_killed_at_every_phase_boundary_resumes_to_the_same_decision(scenario: Scenario, models: Models,
+                                                                              kill_at: str) -> None:
     before, gen = scenario.template(), _generation(scenario)
     op = scenario.op
-    name = f"kill-{kill_at.lower()}"
+    phase, step, delay = KILL_POINTS[kill_at]
+    name = f"kill-{kill_at}"
+    if phase is None:
+        op.stop(kill=True)
+    if phase == "Staging":  # no node takes the staging pods until the taint goes: Staging holds
+        scenario.cluster.kubectl("taint", "nodes", "kwok-e2e", "hold=staging:NoSchedule", "--overwrite")
     gates = [*GATES, {"metric": "f1", "maxDrop": 0.02}]
     scenario.rollout(name, op.serve(models.good), op.serve(models.production), gates,
-                     load={"duration": "2s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 2000},
-                     promotion={"canary": {"steps": [{"weight": 50, "pause": "4s"}]}})
-    scenario.wait_phase(name, {kill_at, *TERMINAL})
-    op.stop(kill=True)  # SIGKILL: no cleanup, no goodbye
-    time.sleep(2)
+                     load={"duration": "3s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 2000},
+                     promotion={"approval": "Manual",
+                                "canary": {"steps": [{"weight": 25, "pause": "4s"}, {"weight": 50, "pause": "4s"}]}})
+    if phase is not None:
+        _progress(scenario, name, (phase, step), approve=phase != "AwaitingApproval")
+        time.sleep(delay)
+        op.stop(kill=True)  # SIGKILL: no cleanup, no goodbye
+    if phase == "Staging":
+        scenario.cluster.kubectl("taint", "nodes", "kwok-e2e", "hold-")  # staging pods may now be scheduled
+    if phase == "AwaitingApproval":
+        scenario.annotate(name, "modelrollout.dev/approve")  # approved while the operator is down
+    time.sleep(1.5)
     objs = scenario.staging_objects(name)  # staging (2 Deployments, 2 Services) and at most one canary
     assert len(objs) == len(set(objs)) <= 5, objs
     op.restart()
-    st = scenario.wait_phase(name, TERMINAL)
+    st = _progress(scenario, name, None, approve=True)
     assert st["phase"] == "Promoted", st.get("message")
+    if phase == "Promoted":
+        time.sleep(3)  # a restarted operator must not act on a decided rollout again
     assert _generation(scenario) == gen + 1  # production changed exactly once
     deploys = scenario.cluster.kubectl("-n", scenario.ns, "get", "deploy", "-o", "name").stdout.split()
     assert deploys == [f"deployment.apps/{scenario.target}"]  # no duplicates left behind
+    assert scenario.staging_objects(name) == []
     assert re.search("registry.example/churn:8", str(scenario.template()))
     scenario.assert_invariant(name, before)
+
+
+def test_operator_killed_mid_evaluation_of_a_bad_candidate_still_rolls_back(scenario: Scenario,
+                                                                            models: Models) -> None:
+    before, gen = scenario.template(), _generation(scenario)
+    op = scenario.op
+    scenario.rollout("kill-bad", op.serve(models.bad), op.serve(models.production), GATES,
+                     load={"duration": "3s", "warmup": "200ms", "batchSizes": [1], "leakRequests": 0})
+    _progress(scenario, "kill-bad", ("Evaluating", None), approve=False)
+    time.sleep(1)
+    op.stop(kill=True)
+    op.restart()
+    st = _progress(scenario, "kill-bad", None, approve=False)
+    assert st["phase"] == "RolledBack" and st["reason"] == "GatesFailed" and "f1" in st["message"], st
+    assert _generation(scenario) == gen and scenario.template() == before
+    assert scenario.staging_objects("kill-bad") == []
+    scenario.assert_invariant("kill-bad", before)
+
+
+@pytest.mark.parametrize("during", ["Evaluating", "Canary"])
+def test_api_server_restarted_mid_rollout_the_operator_carries_on(scenario: Scenario, models: Models,
+                                                                  during: str) -> None:
+    before, gen = scenario.template(), _generation(scenario)
+    op = scenario.op
+    name = f"apiserver-{during.lower()}"
+    scenario.rollout(name, op.serve(models.good), op.serve(models.production), GATES,
+                     load={"duration": "4s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 2000},
+                     promotion={"canary": {"steps": [{"weight": 50, "pause": "8s"}]}})
+    _progress(scenario, name, (during, None), approve=False)
+    scenario.cluster.restart_apiserver(down_seconds=3)
+    st = _progress(scenario, name, None, approve=False)
+    assert st["phase"] == "Promoted", st.get("message")
+    assert op.proc is not None and op.proc.poll() is None  # reconnected, not crashed
+    assert _generation(scenario) == gen + 1
+    assert scenario.staging_objects(name) == []
+    scenario.assert_invariant(name, before)
+
+
+def test_twenty_rollouts_at_once_all_decide_with_evaluations_bounded(scenario: Scenario, models: Models) -> None:
+    op, ns, n = scenario.op, scenario.ns, 20
+    good, prod = op.serve(models.good), op.serve(models.production)
+    bound = int(op.env["MODELROLLOUT_MAX_CONCURRENT_EVALUATIONS"])
+    targets = "---".join(TARGET.format(name=f"svc{i}", ns=ns) for i in range(n))
+    scenario.cluster.kubectl("apply", "-f", "-", input=targets)
+    for i in range(n):
+        Scenario(scenario.cluster, op, ns, target=f"svc{i}").rollout(
+            f"many-{i}", good, prod, GATES if i % 4 else [{"metric": "f1", "min": 0.99}],
+            load={"duration": "1s", "warmup": "100ms", "batchSizes": [1], "leakRequests": 0},
+            quality={"resamples": 100})
+    seen, phases = [], {}
+    end = time.monotonic() + 420
+    while time.monotonic() < end:
+        m = re.search(r"^modelrollout_evaluations_in_progress (\S+)$", op.metrics(), re.M)
+        seen.append(float(m.group(1)) if m else 0.0)
+        items = json.loads(scenario.cluster.kubectl("-n", ns, "get", "modelrollouts", "-o", "json").stdout)["items"]
+        phases = {r["metadata"]["name"]: (r.get("status") or {}).get("phase") for r in items}
+        if all(p in TERMINAL for p in phases.values()):
+            break
+        time.sleep(0.25)
+    assert all(p in TERMINAL for p in phases.values()), phases
+    assert max(seen) == bound, f"evaluations in progress never reached or exceeded the bound {bound}: {max(seen)}"
+    expected = {f"many-{i}": ("Promoted" if i % 4 else "RolledBack") for i in range(n)}
+    assert phases == expected
+    assert op.proc is not None and op.proc.poll() is None
