@@ -156,6 +156,17 @@ class Controller:
         self.kube.on_call = self.metrics.api_requests.inc
 
     # --- observe -----------------------------------------------------------------------
+    def evaluating(self, body: Mapping[str, Any]) -> bool:
+        """True while this process evaluates the rollout's current generation and nothing asks it to stop.
+
+        Then a timer tick has nothing to read from the API: only the evaluation's end moves the rollout
+        on, and spec changes and aborts arrive as updates, which always reconcile.
+        """
+        meta = body["metadata"]
+        ev = self.evaluations.get(f"{meta['uid']}:{meta.get('generation', 1)}")
+        aborted = (meta.get("annotations") or {}).get(ANNOTATION_ABORT) == "true"
+        return ev is not None and not ev.task.done() and not aborted
+
     async def reconcile(self, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         async with self.locks.setdefault(meta["uid"], asyncio.Lock()):

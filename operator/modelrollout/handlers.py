@@ -49,7 +49,8 @@ async def changed(body: kopf.Body, **_: Any) -> None:
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.interval)
 async def tick(body: kopf.Body, **_: Any) -> None:
-    await controller().reconcile(_body(body))
+    if not controller().evaluating(body):  # an evaluation in flight needs no API reads
+        await controller().reconcile(_body(body))
 
 
 @kopf.on.delete(*RESOURCE)

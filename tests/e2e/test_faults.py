@@ -128,7 +128,7 @@ KILL_POINTS: dict[str, tuple[str | None, int | None, float]] = {
     "before-first-reconcile": (None, None, 0),  # applied while the operator is down
     "staging": ("Staging", None, 1.5),
     "evaluating": ("Evaluating", None, 0),
-    "mid-evaluation": ("Evaluating", None, 2.5),
+    "mid-evaluation": ("Evaluating", None, 2),
     "awaiting-approval": ("AwaitingApproval", None, 0),
     "canary-step-1": ("Canary", 0, 0),
     "mid-canary-step-1": ("Canary", 0, 2),
@@ -170,9 +170,10 @@ def test_operator_killed_at_every_phase_boundary_resumes_to_the_same_decision(sc
         scenario.cluster.kubectl("taint", "nodes", "kwok-e2e", "hold=staging:NoSchedule", "--overwrite")
     gates = [*GATES, {"metric": "f1", "maxDrop": 0.02}]
     scenario.rollout(name, op.serve(models.good), op.serve(models.production), gates,
-                     load={"duration": "3s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 2000},
+                     load={"duration": "1s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 1000},
+                     quality={"resamples": 100},
                      promotion={"approval": "Manual",
-                                "canary": {"steps": [{"weight": 25, "pause": "4s"}, {"weight": 50, "pause": "4s"}]}})
+                                "canary": {"steps": [{"weight": 25, "pause": "3s"}, {"weight": 50, "pause": "3s"}]}})
     if phase is not None:
         _progress(scenario, name, (phase, step), approve=phase != "AwaitingApproval")
         time.sleep(delay)

@@ -170,3 +170,25 @@ def test_deleting_mid_way_removes_staging_and_leaves_production(scenario: Scenar
         time.sleep(0.5)
     assert scenario.staging_objects("gone") == []
     assert scenario.template() == before
+
+
+def test_spec_change_mid_rollout_restarts_the_evaluation_with_the_new_spec(scenario: Scenario,
+                                                                           models: Models) -> None:
+    before = scenario.template()
+    cand, base = scenario.op.serve(models.good), scenario.op.serve(models.production)
+    load = {"duration": "3s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 2000}
+    scenario.rollout("respec", cand, base, QUALITY, load=load)
+    scenario.wait_phase("respec", {"Evaluating"})
+    strict = [*QUALITY, {"metric": "f1", "min": 0.999}]  # the same candidate cannot pass this
+    scenario.rollout("respec", cand, base, strict, load=load)
+    st = scenario.wait_phase("respec", {"Promoted", "RolledBack", "Failed"})
+    assert st["phase"] == "RolledBack" and st["reason"] == "GatesFailed", st.get("message")
+    assert "0.999" in st["message"], st["message"]
+    assert st["observedGeneration"] == 2 and (st.get("evaluation") or {}).get("generation") == 2
+    strict_gate = [g for g in st["gates"] if g["metric"] == "f1" and g["threshold"] == 0.999]
+    assert strict_gate and strict_gate[0]["verdict"] == "Fail"
+    events = scenario.get("events", "--field-selector", "involvedObject.name=respec")["items"]
+    changed = [e["message"] for e in events if e["reason"] == "SpecChanged"]
+    assert changed and "evaluation restarted with the new spec" in changed[0], [e["reason"] for e in events]
+    assert scenario.template() == before and scenario.staging_objects("respec") == []
+    scenario.assert_invariant("respec", before)

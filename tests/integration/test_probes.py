@@ -12,7 +12,7 @@ import pytest
 from modelrollout.probes.load import LoadConfig, run_load
 from modelrollout.probes.resources import MIB, ProcessSource, PrometheusSource, leak_probe, watch
 from modelrollout.serving.client import Endpoint, ModelClient
-from tests.integration.conftest import Server, Trained
+from tests.integration.conftest import Server, Trained, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +49,14 @@ def test_open_loop_counts_queueing_that_closed_loop_hides(trained: Trained,
     assert opened.latency_ms["p99"] > 300, opened.latency_ms
 
 
-def test_errors_are_counted_by_kind(trained: Trained, start_server: Callable[..., Server]) -> None:
-    srv = start_server(trained.candidate, mode="500")
-    r = run_load(LoadConfig(url=srv.url + "/v2/models/m/infer", bodies=[body(trained)], batch_size=1,
-                            concurrency=2, duration=1, warmup=0.2))
-    assert r.requests == 0 and r.errors.get("http_5xx", 0) > 10
+@pytest.mark.parametrize(("mode", "kind"), [("500", "http_5xx"), ("hang", "timeout"), ("close", "disconnected"),
+                                            ("malformed", "malformed"), ("refused", "connection")])
+def test_errors_are_counted_by_kind(trained: Trained, start_server: Callable[..., Server], mode: str,
+                                    kind: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}" if mode == "refused" else start_server(trained.candidate, mode=mode).url
+    r = run_load(LoadConfig(url=url + "/v2/models/m/infer", bodies=[body(trained)], batch_size=1,
+                            concurrency=2, duration=1.5, warmup=0.2, timeout=0.5))
+    assert r.requests == 0 and set(r.errors) == {kind} and r.errors[kind] >= 2, r.errors
     assert r.error_rate_percent == 100.0 and r.latency_ms == {}
 
 
