@@ -56,8 +56,8 @@ def clean(cluster: Cluster, operator: Operator) -> Iterator[None]:
     try:
         yield
     finally:
+        operator.start(admin_env)  # first: it removes the finalizer of the rollout being deleted with `ml`
         reset()
-        operator.start(admin_env)
 
 
 def start_operator_pod(cluster: Cluster, tmp: Path, prometheus: Prometheus, addresses: Path,
