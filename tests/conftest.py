@@ -37,6 +37,12 @@ class Cluster:
                            timeout=180)
         assert r.returncode == 0, f"hack/controlplane restart-apiserver (only for its own control plane): {r.stderr}"
 
+    def metrics_api(self, on: bool) -> None:
+        """Serve metrics.k8s.io with a real metrics-server, or stop (the project's control plane only)."""
+        r = subprocess.run([str(SCRIPT), "metrics-api", "on" if on else "off"], capture_output=True, text=True,
+                           timeout=180)
+        assert r.returncode == 0, f"hack/controlplane metrics-api (only for its own control plane): {r.stderr}"
+
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:

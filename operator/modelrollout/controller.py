@@ -42,7 +42,7 @@ from modelrollout.exporter import FigureExporter
 from modelrollout.holdout import Holdout, prepare, read_table
 from modelrollout.kube import objects
 from modelrollout.kube.api import Kube, NotFound, pod_requests, run
-from modelrollout.probes.resources import PrometheusSource
+from modelrollout.probes.resources import PodUsage, PrometheusSource, Source, UsageSource
 from modelrollout.serving.client import Endpoint, ServerError
 
 log = logging.getLogger("modelrollout")
@@ -60,6 +60,7 @@ class Settings:
     max_concurrent_evaluations: int = 2
     metrics_port: int = 8080
     interval: float = 2.0
+    metrics_api_wait: float = 60.0  # for metrics-server's first sample of a new staging pod
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -70,6 +71,7 @@ class Settings:
             max_concurrent_evaluations=int(e.get("MODELROLLOUT_MAX_CONCURRENT_EVALUATIONS", "2")),
             metrics_port=int(e.get("MODELROLLOUT_METRICS_PORT", "8080")),
             interval=float(e.get("MODELROLLOUT_RECONCILE_INTERVAL", "2")),
+            metrics_api_wait=float(e.get("MODELROLLOUT_METRICS_API_WAIT", "60")),
         )
 
     def service_url(self, namespace: str, service: str, port: int) -> str:
@@ -442,7 +444,9 @@ class Controller:
                     "capacity": {
                         "replicasFit": {v: _fig(report, v, "replicas_fit") for v in ("candidate", "baseline")},
                         "perReplicaMemoryMiB": {v: ((report.details.get(v) or {}).get("capacity") or {}).get(
-                            "perReplicaMemoryMiB") for v in ("candidate", "baseline")}},
+                            "perReplicaMemoryMiB") for v in ("candidate", "baseline")},
+                        "memorySource": {v: (report.details.get(v) or {}).get("memorySource")
+                                         for v in ("candidate", "baseline")}},
                     "evaluation": {"outcome": str(report.decision.outcome), "reason": report.decision.reason,
                                    "generation": int(meta.get("generation", 1))},
                 })
@@ -472,11 +476,43 @@ class Controller:
                               .get("nodeSelector") or {}).items())
             ep = Endpoint(url, spec.serving.model_name, spec.serving.protocol, spec.serving.timeout,
                           int(spec.serving.max_response_size), v, headers)
-            variants.append(Variant(v, ep, PrometheusSource(url.rstrip("/") + "/metrics"), mem, cpu, selector))
+            memory, leak, where = await self._sources(sns, dep, PrometheusSource(url.rstrip("/") + "/metrics"),
+                                                      spec.staging.replicas)
+            variants.append(Variant(v, ep, memory, mem, cpu, selector, leak_source=leak, memory_source=where))
         nodes = await run(self.kube.nodes)
         report, _ = await evaluate_servers(spec, holdout, variants[0], variants[1], nodes,
                                            lambda m: log.info("%s: %s", body["metadata"]["name"], m))
         return report
+
+    async def _sources(self, ns: str, dep: Mapping[str, Any] | None, server: PrometheusSource,
+                       replicas: int) -> tuple[Source, Source, str]:
+        """(memory source, leak-probe source, where memory comes from).
+
+        metrics.k8s.io when the cluster serves it: it measures every container of the pod as the
+        kubelet (and the OOM killer) does. The leak probe needs samples fresher than
+        metrics-server's resolution, so it reads the server's own endpoint when that answers.
+        """
+        selector = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+        deadline = time.monotonic() + self.settings.metrics_api_wait
+        pods = await run(self.kube.pod_usage, ns, selector) if selector else None
+        while pods is not None and len(pods) < replicas and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)  # a new pod has usage after metrics-server's next scrape
+            pods = await run(self.kube.pod_usage, ns, selector)
+        if pods is None or len(pods) < replicas:
+            if pods is not None:
+                log.warning("%s: metrics.k8s.io has usage for %d of %d pods after %gs; using the server's "
+                            "/metrics", ns, len(pods), replicas, self.settings.metrics_api_wait)
+            return server, server, "server /metrics"
+
+        async def fetch() -> list[PodUsage]:
+            return await run(self.kube.pod_usage, ns, selector) or []
+
+        usage = UsageSource(fetch)
+        try:
+            await server.sample()
+            return usage, server, "metrics.k8s.io"
+        except (RuntimeError, OSError, aiohttp.ClientError, TimeoutError):
+            return usage, usage, "metrics.k8s.io"
 
     async def _canary_gates(self, gates: list[PromQLGate]) -> list[str]:
         """Failures of the live gates; a gate with no data fails (it is never a pass)."""

@@ -52,10 +52,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
                    max_rows=spec.holdout.max_rows, seed=spec.holdout.seed, name=str(path))
 
     async def run() -> int:
-        cand = Variant("candidate", endpoint(spec, args.candidate, "candidate"), await metrics_source(args.candidate))
+        cand = Variant("candidate", endpoint(spec, args.candidate, "candidate"), src := await metrics_source(
+            args.candidate), memory_source="server /metrics" if src else None)
         base = None
         if args.baseline:
-            base = Variant("baseline", endpoint(spec, args.baseline, "baseline"), await metrics_source(args.baseline))
+            base = Variant("baseline", endpoint(spec, args.baseline, "baseline"), src := await metrics_source(
+                args.baseline), memory_source="server /metrics" if src else None)
         rep, _ = await evaluate_servers(spec, hold, cand, base, this_machine(), progress)
         write_outputs(rep, args)
         export(rep, meta["name"], meta.get("namespace", "default"), metrics_file=args.metrics_file,

@@ -38,6 +38,8 @@ class Variant:
     memory_request_bytes: float = 0.0
     cpu_request_millis: float = 0.0
     node_selector: tuple[tuple[str, str], ...] = ()
+    leak_source: Source | None = None  # when it differs from `source` (the leak probe needs fresh samples)
+    memory_source: str | None = None  # where memory comes from, for the report
 
 
 @dataclass
@@ -92,7 +94,8 @@ async def measure(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: P
         else:
             results, resources = await sweep(), None
         leak = None
-        if v.source is not None and ld.leak_requests > 0:
+        leak_source = v.leak_source or v.source
+        if leak_source is not None and ld.leak_requests > 0:
             progress(f"{v.label}: leak probe over {ld.leak_requests} requests")
             one_row = X[:1]
 
@@ -107,7 +110,7 @@ async def measure(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: P
 
                 await asyncio.gather(*(one() for _ in range(n)))
 
-            leak = await leak_probe(v.source, send, requests=ld.leak_requests,
+            leak = await leak_probe(leak_source, send, requests=ld.leak_requests,
                                     warmup_requests=min(1000, ld.leak_requests // 10 + 1))
     return Measured(pred, classes, results, resources, leak)
 
@@ -154,6 +157,7 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
     details = {
         "sweep": [r.as_dict() for r in m.sweep],
         "memoryTimeline": m.resources.timeline if m.resources else [],
+        "memorySource": v.memory_source,
         "leak": None if m.leak is None else {
             "mibPer10kRequests": m.leak.mib_per_10k_requests, "interval": [m.leak.low, m.leak.high],
             "suspected": m.leak.suspected, "points": m.leak.points},

@@ -31,7 +31,8 @@ apiVersion: v1
 kind: Node
 metadata:
   name: kwok-e2e
-  annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake}
+  annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake,
+                metrics.k8s.io/resource-metrics-path: /metrics/nodes/kwok-e2e/metrics/resource}
   labels: {kubernetes.io/hostname: kwok-e2e, type: kwok, pool: e2e}
 status:
   allocatable: {cpu: "32", memory: 32Gi, pods: "500"}

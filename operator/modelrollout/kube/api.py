@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
 
 from modelrollout.core.capacity import Node
 from modelrollout.core.spec import GROUP, VERSION
@@ -179,6 +180,23 @@ class Kube:
                 schedulable=ready and not n.spec.unschedulable,
                 max_pods=int(alloc["pods"]) if alloc.get("pods") else None, pods=int(u[2])))
         return out
+
+    def pod_usage(self, ns: str, selector: Mapping[str, str]) -> list[tuple[float, float]] | None:
+        """(memory working set bytes, CPU cores) per pod matching `selector`, from metrics.k8s.io;
+        None when the cluster does not serve that API (no metrics-server, or it is unavailable)."""
+        try:
+            out = self._call(self.custom.list_namespaced_custom_object, "metrics.k8s.io", "v1beta1", ns, "pods",
+                             label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+        except ApiException as e:
+            if e.status in (404, 503):
+                return None
+            raise
+        pods = []
+        for item in out.get("items", []):
+            usage = [c.get("usage") or {} for c in item.get("containers") or []]
+            pods.append((float(sum(parse_quantity(u.get("memory", "0")) for u in usage)),
+                         float(sum(parse_quantity(u.get("cpu", "0")) for u in usage))))
+        return pods
 
     # --- writes --------------------------------------------------------------------
     def apply(self, obj: dict[str, Any]) -> None:

@@ -1,8 +1,10 @@
 """Memory and CPU of a model server, before, during and after load; and leak detection.
 
-Sources: a local process (psutil) or the server's own Prometheus endpoint
+Sources: a local process (psutil); the server's own Prometheus endpoint
 (`process_resident_memory_bytes`, `process_cpu_seconds_total`), which every Python, Go and
-Java client library exports and which works for a pod the operator cannot see into.
+Java client library exports and which works for a pod the operator cannot see into; or a
+per-pod usage API (metrics.k8s.io), which measures what the kubelet and the OOM killer see
+(every container's working set) but only as fresh as metrics-server's resolution.
 """
 
 from __future__ import annotations
@@ -65,6 +67,30 @@ class PrometheusSource:
         if rss is None or cpu is None:
             raise RuntimeError(f"{self.url}: no process_resident_memory_bytes / process_cpu_seconds_total")
         return Sample(asyncio.get_running_loop().time(), float(rss), float(cpu))
+
+
+PodUsage = tuple[float, float]  # (memory working set bytes, CPU cores) of one pod
+
+
+class UsageSource:
+    """Per replica from per-pod usage: the largest pod's memory; the mean CPU rate, integrated
+    (trapezoid) into CPU seconds, since such APIs report a rate and `Sample` a counter."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[list[PodUsage]]], what: str = "metrics.k8s.io"):
+        self.fetch, self.what = fetch, what
+        self._last: tuple[float, float] | None = None  # (t, CPU cores)
+        self._cpu_seconds = 0.0
+
+    async def sample(self) -> Sample:
+        pods = await self.fetch()
+        if not pods:
+            raise RuntimeError(f"{self.what}: no usage reported for the model server's pods")
+        t = asyncio.get_running_loop().time()
+        rate = sum(cpu for _, cpu in pods) / len(pods)
+        if self._last is not None:
+            self._cpu_seconds += (self._last[1] + rate) / 2 * (t - self._last[0])
+        self._last = (t, rate)
+        return Sample(t, max(mem for mem, _ in pods), self._cpu_seconds)
 
 
 @dataclass
