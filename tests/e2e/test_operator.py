@@ -35,6 +35,8 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models) -> None:
     for fig in ("f1", "roc_auc", "latency_p99_ms", "throughput_rps", "memory_peak_mib", "replicas_fit"):
         assert fig in st["candidate"]["metrics"] and fig in st["baseline"]["metrics"], fig
     assert st["candidate"]["intervals"]["f1"]["low"] <= st["candidate"]["metrics"]["f1"]
+    # no metrics.k8s.io in this cluster: memory from the servers' own /metrics
+    assert st["capacity"]["memorySource"] == {"candidate": "server /metrics", "baseline": "server /metrics"}
     assert all(g["verdict"] == "Pass" for g in st["gates"]) and len(st["gates"]) == 5
     assert st["decision"]["result"] == "Promoted"
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")

@@ -34,7 +34,7 @@ def test_no_pods_is_an_error_naming_the_source() -> None:
     async def fetch() -> list[PodUsage]:
         return []
 
-    with pytest.raises(RuntimeError, match="metrics.k8s.io: no usage reported"):
+    with pytest.raises(RuntimeError, match=r"metrics\.k8s\.io: no usage reported"):
         asyncio.run(UsageSource(fetch).sample())
 
 

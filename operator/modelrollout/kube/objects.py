@@ -34,7 +34,8 @@ def _variant_template(template: Mapping[str, Any], labels: dict[str, str]) -> di
     t = copy.deepcopy(dict(template))
     meta = t.setdefault("metadata", {})
     meta["labels"] = labels  # never production's labels: production Services must not route here
-    meta.pop("annotations", None)
+    # Annotations stay: they configure the pod (sidecar injection, scraping), and a sidecar's
+    # memory is part of what a replica needs, so staging must run what production would.
     return t
 
 
