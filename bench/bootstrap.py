@@ -11,13 +11,14 @@ import argparse
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from sklearn import metrics as skm
 
 from modelrollout.core.quality import compare, encode, resample_indices
 
-METRICS = {
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda y, p, s: skm.accuracy_score(y, p),
     "precision": lambda y, p, s: skm.precision_score(y, p, zero_division=0),
     "recall": lambda y, p, s: skm.recall_score(y, p, zero_division=0),

@@ -54,7 +54,8 @@ def build() -> dashboard.Dashboard:
          .with_variable(dashboard.QueryVariable("rollout").label("Rollout").datasource(DS)
                         .query('label_values(modelrollout_rollout_phase{namespace=~"$namespace"}, rollout)')
                         .multi(True).include_all(True)))
-    kinds = {"state": statetimeline.Panel, "timeseries": timeseries.Panel, "table": table.Panel, "stat": stat.Panel}
+    kinds: dict[str, type[statetimeline.Panel | timeseries.Panel | table.Panel | stat.Panel]] = {
+        "state": statetimeline.Panel, "timeseries": timeseries.Panel, "table": table.Panel, "stat": stat.Panel}
     for title, kind, targets in PANELS:
         p = kinds[kind]().title(title).datasource(DS).height(8).span(12)
         for t in targets:

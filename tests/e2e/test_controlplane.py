@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,8 @@ def wait(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def get(cluster: Cluster, *args: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+def get(cluster: Cluster, *args: str) -> dict[str, Any]:
+    return dict(json.loads(cluster.kubectl("get", *args, "-o", "json").stdout))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from modelrollout.serving.server import load_model, make_app
 
@@ -24,7 +25,7 @@ def fault(mode: str) -> Any:
     lock = asyncio.Lock()
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method != "POST":
             return await handler(request)
         if mode == "auth" and request.headers.get("Authorization") != "Bearer s3cret":

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,7 +87,8 @@ def test_other_formats_give_the_same_figures(tmp_path: Path, fmt: str) -> None:
     elif fmt == "jsonl":
         df.to_json(path, orient="records", lines=True)
     else:
-        np.savez(path, **{c: df[c].to_numpy() for c in df.columns})
+        arrays: dict[str, Any] = {c: df[c].to_numpy() for c in df.columns}
+        np.savez(path, **arrays)
     g = tmp_path / "g.yaml"
     g.write_text("task: binary-classification\nquality: {resamples: 0}\ngates: [{metric: f1, min: 0.5}]\n")
     out = run("--holdout", str(path), "--label-column", "malignant", "--candidate", str(EX / "candidate.csv"),

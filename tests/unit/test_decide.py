@@ -47,7 +47,7 @@ def test_input_errors_fail_before_anything_is_created() -> None:
 
 
 def test_staging_waits_then_times_out_into_rollback() -> None:
-    st = {"phase": "Staging", "observedGeneration": 1, "staging": {"startedAt": ago(10)}}
+    st: dict[str, Any] = {"phase": "Staging", "observedGeneration": 1, "staging": {"startedAt": ago(10)}}
     assert decide(spec(), st, obs(staging_available=False)).action == "wait"
     assert decide(spec(), st, obs(staging_available=True)).action == "evaluate"
     st["staging"]["startedAt"] = ago(61)
@@ -82,7 +82,7 @@ def test_an_old_evaluation_never_promotes_a_new_spec() -> None:
 
 def test_canary_pause_then_check_then_next_step_or_promote() -> None:
     sp = spec(canary={"steps": [{"weight": 10, "pause": "1m"}, {"weight": 50, "pause": "1m"}]})
-    st = {"phase": "Canary", "observedGeneration": 1, "canary": {"step": 0, "startedAt": ago(30)}}
+    st: dict[str, Any] = {"phase": "Canary", "observedGeneration": 1, "canary": {"step": 0, "startedAt": ago(30)}}
     assert decide(sp, st, obs(canary_available=True)).action == "wait"
     st["canary"]["startedAt"] = ago(61)
     assert decide(sp, st, obs(canary_available=True)).action == "check_canary"
@@ -112,7 +112,7 @@ def test_canary_replicas_split_by_weight() -> None:
 
 
 def test_candidate_template_changes_only_the_first_container() -> None:
-    t = {"metadata": {"labels": {"app": "x"}},
+    t: dict[str, Any] = {"metadata": {"labels": {"app": "x"}},
          "spec": {"containers": [{"name": "s", "image": "a:1", "env": [{"name": "K", "value": "1"},
                                                                       {"name": "M", "value": "old"}]},
                                  {"name": "sidecar", "image": "proxy:1"}]}}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ TOL = 1e-9
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def sk(fn, *args, **kw):  # type: ignore[no-untyped-def]
+def sk(fn: Callable[..., Any], *args: Any, **kw: Any) -> float:
     """scikit-learn's value, or NaN where it declares the figure undefined."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -147,11 +149,13 @@ def test_string_labels_with_positive_label() -> None:
     assert close(m["precision"], skm.precision_score(y, p, pos_label="yes"))
 
 
-def _loop_bootstrap(y, p, s, resamples, seed, level):  # type: ignore[no-untyped-def]
+def _loop_bootstrap(y: np.ndarray, p: np.ndarray, s: np.ndarray, resamples: int, seed: int,
+                    level: float) -> tuple[np.ndarray, np.ndarray]:
     """The slow reference: scikit-learn on every resample, with the engine's own indices."""
     from modelrollout.core.quality import resample_indices
 
-    f1, auc = [], []
+    f1: list[float] = []
+    auc: list[float] = []
     for idx in resample_indices(len(y), resamples, seed):
         for row in idx:
             f1.append(skm.f1_score(y[row], p[row], zero_division=0))
