@@ -507,7 +507,7 @@ class Controller:
         async def fetch() -> list[PodUsage]:
             return await run(self.kube.pod_usage, ns, selector) or []
 
-        usage = UsageSource(fetch)
+        usage = UsageSource(fetch, min_interval=5.0)
         try:
             await server.sample()
             return usage, server, "metrics.k8s.io"

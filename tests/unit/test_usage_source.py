@@ -53,3 +53,23 @@ def test_watch_summarises_usage_source() -> None:
     assert summary.peak_mib == 180
     assert summary.growth_percent == pytest.approx(100.0 * (summary.after_mib - 100) / 100)
     assert summary.cpu_percent == pytest.approx(25.0)
+
+
+def test_answers_within_min_interval_are_reused() -> None:
+    calls = 0
+
+    async def fetch() -> list[PodUsage]:
+        nonlocal calls
+        calls += 1
+        return [(calls * MIB, 1.0)]
+
+    async def main() -> list[float]:
+        src = UsageSource(fetch, min_interval=0.5)
+        out = []
+        for pause in (0.05, 0.05, 0.6, 0.0):  # samples at t = 0, 0.05, 0.1, 0.7: the last fetches again
+            out.append((await src.sample()).rss_bytes / MIB)
+            await asyncio.sleep(pause)
+        return out
+
+    assert asyncio.run(main()) == [1.0, 1.0, 1.0, 2.0]
+    assert calls == 2

@@ -74,18 +74,28 @@ PodUsage = tuple[float, float]  # (memory working set bytes, CPU cores) of one p
 
 class UsageSource:
     """Per replica from per-pod usage: the largest pod's memory; the mean CPU rate, integrated
-    (trapezoid) into CPU seconds, since such APIs report a rate and `Sample` a counter."""
+    (trapezoid) into CPU seconds, since such APIs report a rate and `Sample` a counter.
 
-    def __init__(self, fetch: Callable[[], Awaitable[list[PodUsage]]], what: str = "metrics.k8s.io"):
-        self.fetch, self.what = fetch, what
+    metrics-server refreshes every 10-15 s, so within `min_interval` of a fetch the last answer
+    is reused rather than asking the API server four times a second for the same numbers.
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[list[PodUsage]]], what: str = "metrics.k8s.io",
+                 min_interval: float = 0.0):
+        self.fetch, self.what, self.min_interval = fetch, what, min_interval
         self._last: tuple[float, float] | None = None  # (t, CPU cores)
+        self._fetched: tuple[float, list[PodUsage]] | None = None
         self._cpu_seconds = 0.0
 
     async def sample(self) -> Sample:
-        pods = await self.fetch()
+        t = asyncio.get_running_loop().time()
+        if self._fetched is not None and t - self._fetched[0] < self.min_interval:
+            pods = self._fetched[1]
+        else:
+            pods = await self.fetch()
+            self._fetched = (t, pods)
         if not pods:
             raise RuntimeError(f"{self.what}: no usage reported for the model server's pods")
-        t = asyncio.get_running_loop().time()
         rate = sum(cpu for _, cpu in pods) / len(pods)
         if self._last is not None:
             self._cpu_seconds += (self._last[1] + rate) / 2 * (t - self._last[0])
