@@ -58,6 +58,9 @@ class Settings:
     service_addresses_file: str | None = None  # JSON {"namespace/service": "http://host:port"}
     prometheus_url: str | None = None
     max_concurrent_evaluations: int = 2
+    # Rollouts staging or evaluating at once. Unbounded, many rollouts on a full cluster each get
+    # one of their two staging pods scheduled and all wait for the other until readyTimeout.
+    max_concurrent_stagings: int = 4
     metrics_port: int = 8080
     interval: float = 2.0
     metrics_api_wait: float = 60.0  # for metrics-server's first sample of a new staging pod
@@ -69,6 +72,7 @@ class Settings:
             service_addresses_file=e.get("MODELROLLOUT_SERVICE_ADDRESSES_FILE") or None,
             prometheus_url=e.get("MODELROLLOUT_PROMETHEUS_URL") or None,
             max_concurrent_evaluations=int(e.get("MODELROLLOUT_MAX_CONCURRENT_EVALUATIONS", "2")),
+            max_concurrent_stagings=int(e.get("MODELROLLOUT_MAX_CONCURRENT_STAGINGS", "4")),
             metrics_port=int(e.get("MODELROLLOUT_METRICS_PORT", "8080")),
             interval=float(e.get("MODELROLLOUT_RECONCILE_INTERVAL", "2")),
             metrics_api_wait=float(e.get("MODELROLLOUT_METRICS_API_WAIT", "60")),
@@ -152,6 +156,8 @@ class Controller:
     holdouts: dict[str, Holdout] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     semaphore: asyncio.Semaphore | None = None
+    # uid -> (phase, queue key) of every live rollout this process reconciled: the staging queue
+    phases: dict[str, tuple[str, tuple[str, str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_evaluations)
@@ -216,8 +222,28 @@ class Controller:
             if ev is not None:
                 obs["evaluation"] = "error" if ev.error else ("running" if not ev.task.done() else "none")
                 obs["evaluation_error"] = ev.error
+        if phase in ("Pending", "Waiting") and spec is not None and not obs.get("blocked_by"):
+            obs["queue_full"] = self._staging_queue(meta)
         step = decide(spec, status, Observed(**obs))
+        # recorded before any await, so concurrent reconciles of other rollouts see the slot taken
+        if step.phase in TERMINAL:
+            self.phases.pop(meta["uid"], None)
+        else:  # one waiting for its target does not hold a place in the staging queue
+            self.phases[meta["uid"]] = ("Blocked" if step.reason == "TargetBusy" else step.phase, _queue_key(meta))
         await self.apply(body, spec, status, step, target)
+
+    def _staging_queue(self, meta: Mapping[str, Any]) -> str | None:
+        """Why this rollout may not stage yet: the slots are taken, or earlier rollouts queue for them."""
+        limit = self.settings.max_concurrent_stagings
+        others = [v for uid, v in self.phases.items() if uid != meta["uid"]]
+        busy = sum(1 for ph, _ in others if ph in ("Staging", "Evaluating"))
+        if busy >= limit:
+            return f"{busy} rollouts are staging or evaluating (at most {limit} at once)"
+        me = _queue_key(meta)
+        ahead = sum(1 for ph, key in others if ph in ("Pending", "Waiting") and key < me)
+        if ahead >= limit - busy:
+            return f"{ahead} earlier rollouts are queued for the {limit - busy} free staging slots"
+        return None
 
     async def _blocker(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> str | None:
         me = body["metadata"]
@@ -412,6 +438,7 @@ class Controller:
             spec = parse_spec(body.get("spec"))
         await self._cleanup(body, spec, dict(body.get("status") or {}))
         self._forget(body["metadata"]["uid"])
+        self.phases.pop(body["metadata"]["uid"], None)
 
     # --- evaluation and canary checks ------------------------------------------------------
     def _start_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec, status: Mapping[str, Any]) -> None:
@@ -543,6 +570,10 @@ class Controller:
                 elif g.max is not None and value > g.max:
                     failures.append(f"{label}: {value:.4g} is above the maximum {g.max:g}")
         return failures
+
+
+def _queue_key(meta: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(meta.get("creationTimestamp") or ""), str(meta["namespace"]), str(meta["name"]))
 
 
 def _finite(values: Mapping[str, float]) -> dict[str, float]:

@@ -245,18 +245,23 @@ def test_twenty_rollouts_at_once_all_decide_with_evaluations_bounded(scenario: S
             f"many-{i}", good, prod, GATES if i % 4 else [{"metric": "f1", "min": 0.99}],
             load={"duration": "1s", "warmup": "100ms", "batchSizes": [1], "leakRequests": 0},
             quality={"resamples": 100})
-    seen, phases = [], {}
+    seen, phases, staging, queued = [], {}, [], set()
     end = time.monotonic() + 420
     while time.monotonic() < end:
         m = re.search(r"^modelrollout_evaluations_in_progress (\S+)$", op.metrics(), re.M)
         seen.append(float(m.group(1)) if m else 0.0)
         items = json.loads(scenario.cluster.kubectl("-n", ns, "get", "modelrollouts", "-o", "json").stdout)["items"]
         phases = {r["metadata"]["name"]: (r.get("status") or {}).get("phase") for r in items}
+        staging.append(sum(1 for p in phases.values() if p in ("Staging", "Evaluating")))
+        queued |= {r["metadata"]["name"] for r in items if (r.get("status") or {}).get("reason") == "StagingQueued"}
         if all(p in TERMINAL for p in phases.values()):
             break
         time.sleep(0.25)
     assert all(p in TERMINAL for p in phases.values()), phases
     assert max(seen) == bound, f"evaluations in progress never reached or exceeded the bound {bound}: {max(seen)}"
+    # staging is bounded too (the operator's default, 4): the others wait their turn, oldest first.
+    # Status may trail the operator's own view by one write, hence 4 + 1.
+    assert max(staging) <= 5 and len(queued) >= n - 5, (max(staging), sorted(queued))
     expected = {f"many-{i}": ("Promoted" if i % 4 else "RolledBack") for i in range(n)}
     assert phases == expected
     assert op.proc is not None and op.proc.poll() is None

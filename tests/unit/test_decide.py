@@ -37,6 +37,9 @@ def test_new_rollout_stages_unless_the_target_is_busy() -> None:
     assert decide(spec(), {}, obs()).action == "stage"
     s = decide(spec(), {}, obs(blocked_by="older"))
     assert (s.action, s.phase, s.reason) == ("wait", "Waiting", "TargetBusy") and "'older'" in s.message
+    s = decide(spec(), {"phase": "Waiting"}, obs(queue_full="4 rollouts are staging or evaluating"))
+    assert (s.action, s.phase, s.reason) == ("wait", "Waiting", "StagingQueued") and "when a slot frees" in s.message
+    assert decide(spec(), {"phase": "Waiting"}, obs()).action == "stage"
 
 
 def test_input_errors_fail_before_anything_is_created() -> None:

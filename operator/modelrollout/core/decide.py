@@ -34,6 +34,7 @@ class Observed:
     annotations: Mapping[str, str] = field(default_factory=dict)
     target_exists: bool = True
     blocked_by: str | None = None  # another active rollout of the same target
+    queue_full: str | None = None  # why staging must wait for a slot (too many rollouts staging at once)
     input_error: str | None = None  # what only the operator can check (hold-out, ConfigMap, ...)
     input_reason: str = "InvalidInput"
     staging_available: bool | None = None  # None: the staging objects do not exist
@@ -107,6 +108,8 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
             return Step("wait", "Waiting", "TargetBusy",
                         f"rollout {obs.blocked_by!r} is active for Deployment {spec.target_ref.name!r}; "
                         "this one starts when it finishes")
+        if obs.queue_full:
+            return Step("wait", "Waiting", "StagingQueued", f"{obs.queue_full}; this one stages when a slot frees")
         return Step("stage", "Staging", "Staging", "creating candidate and baseline in staging")
 
     if phase == "Staging":
