@@ -5,6 +5,7 @@ real API server, scraping kwok's kubelet endpoints (where a pod's usage is its
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -37,6 +38,14 @@ def test_memory_comes_from_metrics_api_when_the_cluster_serves_it(metrics_api: N
     k("-n", scenario.ns, "patch", "deployment", "churn", "--type=merge", "-p", json.dumps(
         {"spec": {"template": {"metadata": {"annotations": {"kwok.x-k8s.io/usage-memory": "700Mi"}}}}}))
     k("-n", scenario.ns, "rollout", "status", "deployment/churn", "--timeout=60s")
+    # precondition, so a failure below is the operator's: metrics-server reports production's pods
+    raw, end = "", time.monotonic() + 90
+    while time.monotonic() < end:
+        raw = k("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{scenario.ns}/pods", check=False).stdout
+        if raw and len(json.loads(raw).get("items", [])) == 2:
+            break
+        time.sleep(2)
+    assert raw and len(json.loads(raw)["items"]) == 2, f"metrics.k8s.io never listed production's 2 pods: {raw}"
     before = scenario.template()
     cand, base = scenario.op.serve(models.good), scenario.op.serve(models.production)
     assert server_rss_mib(cand) < 512 and server_rss_mib(base) < 512  # the server's own figure would pass
