@@ -21,7 +21,6 @@ from kubernetes.utils import parse_quantity
 
 from modelrollout.core.capacity import Node
 from modelrollout.core.spec import GROUP, VERSION
-from modelrollout.core.units import parse_size
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -37,13 +36,11 @@ async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 def _cpu_millis(q: str | None) -> float:
-    if not q:
-        return 0.0
-    return float(q[:-1]) if q.endswith("m") else parse_size(q) * 1000
+    return float(parse_quantity(q)) * 1000 if q else 0.0
 
 
 def _mem(q: str | None) -> float:
-    return parse_size(q) if q else 0.0
+    return float(parse_quantity(q)) if q else 0.0
 
 
 def pod_requests(template_spec: Mapping[str, Any]) -> tuple[float, float]:
@@ -194,8 +191,8 @@ class Kube:
         pods = []
         for item in out.get("items", []):
             usage = [c.get("usage") or {} for c in item.get("containers") or []]
-            pods.append((float(sum(parse_quantity(u.get("memory", "0")) for u in usage)),
-                         float(sum(parse_quantity(u.get("cpu", "0")) for u in usage))))
+            pods.append((sum(_mem(u.get("memory")) for u in usage),
+                         sum(_cpu_millis(u.get("cpu")) for u in usage) / 1000))
         return pods
 
     # --- writes --------------------------------------------------------------------
