@@ -32,16 +32,18 @@ class Cluster:
                               env=self.env(), check=check, timeout=120)
 
     def restart_apiserver(self, down_seconds: float = 0) -> None:
-        """Stop the API server, keep it down a while, start it again (the project's control plane only)."""
-        r = subprocess.run([str(SCRIPT), "restart-apiserver", str(down_seconds)], capture_output=True, text=True,
-                           timeout=180)
-        assert r.returncode == 0, f"hack/controlplane restart-apiserver (only for its own control plane): {r.stderr}"
+        """Stop the API server, keep it down a while, start it again."""
+        _controlplane("restart-apiserver", str(down_seconds))
 
     def metrics_api(self, on: bool) -> None:
-        """Serve metrics.k8s.io with a real metrics-server, or stop (the project's control plane only)."""
-        r = subprocess.run([str(SCRIPT), "metrics-api", "on" if on else "off"], capture_output=True, text=True,
-                           timeout=180)
-        assert r.returncode == 0, f"hack/controlplane metrics-api (only for its own control plane): {r.stderr}"
+        """Serve metrics.k8s.io with a real metrics-server, or stop."""
+        _controlplane("metrics-api", "on" if on else "off")
+
+
+def _controlplane(*args: str) -> None:
+    """A hack/controlplane command that acts on the running cluster (the project's own control plane only)."""
+    r = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, f"hack/controlplane {' '.join(args)} (only for its own control plane): {r.stderr}"
 
 
 @pytest.fixture(scope="session")

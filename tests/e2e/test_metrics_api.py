@@ -4,13 +4,14 @@ real API server, scraping kwok's kubelet endpoints (where a pod's usage is its
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
+from modelrollout.probes.resources import MIB, PrometheusSource
 from tests.conftest import Cluster
 from tests.e2e.conftest import Models, Scenario
 
@@ -27,9 +28,7 @@ def metrics_api(cluster: Cluster) -> Iterator[None]:
 
 
 def server_rss_mib(url: str) -> float:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        line = next(x for x in r.read().decode().splitlines() if x.startswith("process_resident_memory_bytes"))
-    return float(line.split()[-1]) / 2**20
+    return asyncio.run(PrometheusSource(url + "/metrics").sample()).rss_bytes / MIB
 
 
 def test_memory_comes_from_metrics_api_when_the_cluster_serves_it(metrics_api: None, scenario: Scenario,
