@@ -223,10 +223,13 @@ def test_api_server_restarted_mid_rollout_the_operator_carries_on(scenario: Scen
     name = f"apiserver-{during.lower()}"
     scenario.rollout(name, op.serve(models.good), op.serve(models.production), GATES,
                      load={"duration": "4s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 2000},
-                     promotion={"canary": {"steps": [{"weight": 50, "pause": "8s"}]}})
+                     promotion={"canary": {"steps": [{"weight": 50, "pause": "8s"}]}},
+                     # in one full run the canary was not Available within the usual 60 s of a restart
+                     # (cause not pinned down; the same test alone passes): the claim here is recovery, not speed
+                     staging={"readyTimeout": "150s"})
     _progress(scenario, name, (during, None), approve=False)
     scenario.cluster.restart_apiserver(down_seconds=3)
-    st = _progress(scenario, name, None, approve=False)
+    st = _progress(scenario, name, None, approve=False, timeout=300)
     assert st["phase"] == "Promoted", st.get("message")
     assert op.proc is not None and op.proc.poll() is None  # reconnected, not crashed
     assert _generation(scenario) == gen + 1
