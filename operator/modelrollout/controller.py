@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from modelrollout import canary_gates
 from modelrollout.core.decide import (
     ANNOTATION_ABORT,
     ANNOTATION_APPROVE,
@@ -36,12 +38,13 @@ from modelrollout.core.decide import (
 )
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import gate_dict
-from modelrollout.core.spec import ModelRolloutSpec, PromQLGate, SpecError, parse_spec
+from modelrollout.core.spec import ModelRolloutSpec, SpecError, parse_spec
+from modelrollout.core.text import cap
 from modelrollout.evaluation import Variant, evaluate_servers
-from modelrollout.exporter import FigureExporter
+from modelrollout.exporter import FigureExporter, forget_series
 from modelrollout.holdout import Holdout, prepare, read_table
 from modelrollout.kube import objects
-from modelrollout.kube.api import Kube, NotFound, pod_requests, run
+from modelrollout.kube.api import Kube, NotFound, NotOwned, pod_requests, run
 from modelrollout.probes.resources import PodUsage, PrometheusSource, Source, UsageSource
 from modelrollout.serving.client import Endpoint, ServerError
 
@@ -49,6 +52,9 @@ log = logging.getLogger("modelrollout")
 PHASES = ("Pending", "Waiting", "Staging", "Evaluating", "AwaitingApproval", "Canary", "Promoted", "RolledBack",
           "Failed")
 ACTIVE = frozenset({"Staging", "Evaluating", "AwaitingApproval", "Canary"})
+# A namespace other than the rollout's own takes staging objects only when its owner lists the rollout's
+# namespace here (comma-separated): the target's pod template, ServiceAccount and Secrets resolve there.
+ANNOTATION_STAGING_FOR = "modelrollout.dev/staging-for"
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,11 @@ class OperatorMetrics:
         self.api_requests = Counter("modelrollout_kubernetes_api_requests_total",
                                     "Kubernetes API calls made by the controller (besides kopf's watches).",
                                     registry=registry)
+
+    def forget(self, name: str, ns: str) -> None:
+        """A deleted rollout leaves no series behind (its phase gauge would keep ModelRolloutStuck firing)."""
+        forget_series([self.phase], name, ns)
+        self.figures.forget(name, ns)
 
     def set_phase(self, name: str, ns: str, phase: str) -> None:
         for p in PHASES:
@@ -209,10 +220,11 @@ class Controller:
             obs["target_exists"] = target is not None
             if phase in ("Pending", "Waiting"):
                 obs["blocked_by"] = await self._blocker(body, spec)
-                if target is not None and not obs["blocked_by"]:
+                err = await self._reach(body, spec)
+                if err is None and target is not None and not obs["blocked_by"]:
                     err = await self._load_holdout(body, spec)
-                    if err:
-                        obs["input_error"], obs["input_reason"] = err
+                if err:
+                    obs["input_error"], obs["input_reason"] = err
             elif phase == "Staging":
                 obs["staging_available"] = await self._staging_available(body, spec)
             elif phase == "Canary":
@@ -230,7 +242,33 @@ class Controller:
             self.phases.pop(meta["uid"], None)
         else:  # one waiting for its target does not hold a place in the staging queue
             self.phases[meta["uid"]] = ("Blocked" if step.reason == "TargetBusy" else step.phase, _queue_key(meta))
-        await self.apply(body, spec, status, step, target)
+        try:
+            await self.apply(body, spec, status, step, target)
+        except NotOwned as e:
+            await self.apply(body, spec, status, Step("fail", "Failed", "NotOwned", str(e)), target)
+        except ApiException as e:
+            if e.status is None or e.status >= 500 or e.status in (408, 409, 429):
+                raise  # transient: kopf retries the handler
+            # the API server refused what we sent (an invalid object): retrying cannot help
+            refusal = f"the API server refused a change for this rollout (HTTP {e.status}: {_api_reason(e)})"
+            await self.apply(body, spec, status, Step("fail", "Failed", "Refused", refusal), target)
+
+    async def _reach(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> tuple[str, str] | None:
+        """(error, reason) if the rollout names what it may not use: checked before anything is created."""
+        meta = body["metadata"]
+        problem = objects.name_problem(str(meta["name"]))
+        if problem:
+            return problem, "InvalidName"
+        ns, sns = str(meta["namespace"]), self._staging_ns(body, spec)
+        if sns == ns:
+            return None
+        annotations = await run(self.kube.namespace_annotations, sns)
+        allowed = {x.strip() for x in (annotations or {}).get(ANNOTATION_STAGING_FOR, "").split(",")}
+        if annotations is None or ns not in allowed:
+            return (f"spec.staging.namespace: namespace {sns!r} does not exist or has not opted in to staging for "
+                    f"{ns!r} (its owner sets the annotation {ANNOTATION_STAGING_FOR}: {ns}); nothing was created",
+                    "StagingNamespaceNotAllowed")
+        return None
 
     def _staging_queue(self, meta: Mapping[str, Any]) -> str | None:
         """Why this rollout may not stage yet: the slots are taken, or earlier rollouts queue for them."""
@@ -331,13 +369,12 @@ class Controller:
                           "retried": meta.get("annotations", {}).get(ANNOTATION_RETRY)})
         elif a == "stage" and spec is not None and target is not None:
             sns = self._staging_ns(body, spec)
-            await run(self.kube.ensure_namespace, sns)
             template = target["spec"]["template"]
             cand = candidate_template(template, spec.candidate.image, [e.model_dump() for e in spec.candidate.env],
                                       spec.candidate.args)
             for variant, t in (("candidate", cand), ("baseline", template)):
                 for obj in objects.staging_objects(body, variant, t, sns, spec.staging.replicas, spec.serving.port):
-                    await run(self.kube.apply, obj)
+                    await run(self.kube.apply, obj, meta["uid"])
             if not status.get("previousTemplate"):
                 patch["previousTemplate"] = template
             if not (status.get("staging") or {}).get("startedAt"):
@@ -346,6 +383,9 @@ class Controller:
                                     "baseline": objects.staging_name(name, "baseline")}
         elif a == "evaluate" and spec is not None:
             self._start_evaluation(body, spec, status)
+            ev = status.get("evaluation") or {}
+            if not ev.get("startedAt") or ev.get("generation") != gen:  # the deadline counts from here
+                patch["evaluation"] = {"startedAt": iso(now()), "generation": gen}
         elif a == "canary" and spec is not None and target is not None and step.canary_step is not None:
             i = step.canary_step
             w = spec.promotion.canary.steps[i].weight
@@ -353,12 +393,15 @@ class Controller:
             cand = candidate_template(prev, spec.candidate.image, [e.model_dump() for e in spec.candidate.env],
                                       spec.candidate.args)
             replicas = canary_replicas(int(target["spec"].get("replicas", 1)), w)
-            await run(self.kube.apply, objects.canary_deployment(body, target, cand, replicas))
+            await run(self.kube.apply, objects.canary_deployment(body, target, cand, replicas), meta["uid"])
             old = status.get("canary") or {}
             if old.get("step") != i or not old.get("startedAt"):
                 patch["canary"] = {"step": i, "weight": w, "replicas": replicas, "startedAt": iso(now())}
         elif a == "check_canary" and spec is not None and step.canary_step is not None:
-            failures = await self._canary_gates(spec.promotion.gates)
+            try:
+                failures = await canary_gates.check(self.settings.prometheus_url, spec.promotion.gates, ns)
+            except Exception as e:  # never leave a canary serving because a check raised
+                failures = [f"the live gates could not be checked ({type(e).__name__}: {cap(str(e), 200)})"]
             # the next canary step starts its own clock; promotion and rollback need no canary state
             nxt = after_canary_check(spec, step.canary_step, failures)
             await self.apply(body, spec, {**status, "canary": None}, nxt, target)
@@ -368,15 +411,18 @@ class Controller:
             cand = candidate_template(prev, spec.candidate.image, [e.model_dump() for e in spec.candidate.env],
                                       spec.candidate.args)
             if objects.template_hash(target["spec"]["template"]) != objects.template_hash(cand):
-                await run(self.kube.replace_template, ns, spec.target_ref.name, cand)  # production changes here only
+                # production changes here only
+                await run(self.kube.replace_template, ns, spec.target_ref.name, cand, target["metadata"]["uid"])
             patch["promotedTemplateHash"] = objects.template_hash(cand)
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "Promoted", "reason": step.message, "at": iso(now())}
         elif a == "rollback":
+            self._forget(meta["uid"])  # an evaluation past its deadline stops here
             await self._restore(body, spec, status, target)
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "RolledBack", "reason": step.message, "at": iso(now())}
         elif a == "fail":
+            self._forget(meta["uid"])
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "Failed", "reason": step.message, "at": iso(now())}
         await self._patch(body, status, patch, step, gen)
@@ -390,7 +436,7 @@ class Controller:
         if not changed and not patch:
             return
         t = now()
-        patch.update({"phase": step.phase, "reason": step.reason, "message": step.message,
+        patch.update({"phase": step.phase, "reason": step.reason, "message": cap(step.message),
                       "observedGeneration": gen, "conditions": conditions(list(status.get("conditions") or []),
                                                                           step, gen, t)})
         await run(self.kube.patch_status, ns, name, patch)
@@ -411,19 +457,23 @@ class Controller:
             return
         current = objects.template_hash(target["spec"]["template"])
         if current == written and current != objects.template_hash(prev):
-            await run(self.kube.replace_template, body["metadata"]["namespace"], spec.target_ref.name, prev)
+            await run(self.kube.replace_template, body["metadata"]["namespace"], spec.target_ref.name, prev,
+                      target["metadata"]["uid"])
 
     async def _cleanup(self, body: Mapping[str, Any], spec: ModelRolloutSpec | None,
                        status: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         staging = status.get("staging") or {}
         sns = staging.get("namespace") or (self._staging_ns(body, spec) if spec else meta["namespace"])
-        for variant in ("candidate", "baseline"):
-            for kind in ("Deployment", "Service"):
-                await run(self.kube.delete, kind, sns, objects.staging_name(meta["name"], variant))
+        doomed = [(kind, sns, objects.staging_name(meta["name"], v)) for v in ("candidate", "baseline")
+                  for kind in ("Deployment", "Service")]
         target = spec.target_ref.name if spec else (body.get("spec") or {}).get("targetRef", {}).get("name")
-        if target:
-            await run(self.kube.delete, "Deployment", meta["namespace"], objects.canary_name(target))
+        if isinstance(target, str) and target:
+            doomed.append(("Deployment", meta["namespace"], objects.canary_name(target)))
+        for kind, ns, obj in doomed:  # only what this rollout created: anything else of that name is left alone
+            if not await run(self.kube.delete, kind, ns, obj, meta["uid"]):
+                log.warning("%s/%s: left %s %s/%s alone: not created by this rollout", meta["namespace"],
+                            meta["name"], kind, ns, obj)
 
     def _forget(self, uid: str) -> None:
         for key in [k for k in self.evaluations if k.startswith(uid)]:
@@ -439,6 +489,7 @@ class Controller:
         await self._cleanup(body, spec, dict(body.get("status") or {}))
         self._forget(body["metadata"]["uid"])
         self.phases.pop(body["metadata"]["uid"], None)
+        self.metrics.forget(body["metadata"]["name"], body["metadata"]["namespace"])
 
     # --- evaluation and canary checks ------------------------------------------------------
     def _start_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec, status: Mapping[str, Any]) -> None:
@@ -479,7 +530,11 @@ class Controller:
                 })
                 self.metrics.figures.observe(report, name, ns)
             except (ServerError, DataError, NotFound, RuntimeError, OSError) as e:
-                self.evaluations[key].error = str(e)
+                self.evaluations[key].error = cap(str(e), 600)
+                self.metrics.eval_errors.labels(ns).inc()
+                log.warning("%s/%s: evaluation failed: %s", ns, name, e)
+            except Exception as e:  # a bug or a server's nonsense ends the rollout; it never loops
+                self.evaluations[key].error = cap(f"{type(e).__name__}: {e}", 600)
                 self.metrics.eval_errors.labels(ns).inc()
                 log.warning("%s/%s: evaluation failed: %s", ns, name, e)
             finally:
@@ -541,39 +596,17 @@ class Controller:
         except (RuntimeError, OSError, aiohttp.ClientError, TimeoutError):
             return usage, usage, "metrics.k8s.io"
 
-    async def _canary_gates(self, gates: list[PromQLGate]) -> list[str]:
-        """Failures of the live gates; a gate with no data fails (it is never a pass)."""
-        if not gates:
-            return []
-        if not self.settings.prometheus_url:
-            return ["promotion.gates are set but the operator has no Prometheus (MODELROLLOUT_PROMETHEUS_URL)"]
-        failures = []
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
-            for i, g in enumerate(gates):
-                label = g.name or f"promotion.gates[{i}]"
-                try:
-                    async with s.get(self.settings.prometheus_url.rstrip("/") + "/api/v1/query",
-                                     params={"query": g.query}) as r:
-                        data = await r.json()
-                except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                    failures.append(f"{label}: Prometheus query failed ({e})")
-                    continue
-                result = (data.get("data") or {}).get("result") or []
-                if data.get("status") != "success" or not result:
-                    failures.append(f"{label}: inconclusive, the query returned no data ({g.query})")
-                    continue
-                value = float(result[0]["value"][1])
-                if value != value:  # NaN, e.g. 0/0 with no traffic
-                    failures.append(f"{label}: inconclusive, the query returned NaN")
-                elif g.min is not None and value < g.min:
-                    failures.append(f"{label}: {value:.4g} is below the minimum {g.min:g}")
-                elif g.max is not None and value > g.max:
-                    failures.append(f"{label}: {value:.4g} is above the maximum {g.max:g}")
-        return failures
-
 
 def _queue_key(meta: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(meta.get("creationTimestamp") or ""), str(meta["namespace"]), str(meta["name"]))
+
+
+def _api_reason(e: ApiException) -> str:
+    """The API server's own message, capped: it names the field it refused."""
+    try:
+        return cap(str(json.loads(e.body or "{}").get("message") or e.reason), 400)
+    except ValueError:
+        return cap(str(e.reason), 400)
 
 
 def _finite(values: Mapping[str, float]) -> dict[str, float]:

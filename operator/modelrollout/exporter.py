@@ -8,6 +8,7 @@ variant}`; gates are `modelrollout_gate_{value,threshold,passed}` with the gate'
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -68,6 +69,23 @@ class FigureExporter:
             self.gate_passed.labels(*labels).set(1.0 if r.passed else 0.0)
             self.gate_inconclusive.labels(*labels).set(1.0 if str(r.verdict) == "Inconclusive" else 0.0)
         self.promote.labels(rollout, namespace).set(1.0 if rep.decision.promote else 0.0)
+
+
+    def forget(self, rollout: str, namespace: str) -> None:
+        """Remove every series of a deleted rollout, so dashboards and alerts stop showing it."""
+        forget_series([*self._figures.values(), self.gate_value, self.gate_threshold, self.gate_passed,
+                       self.gate_inconclusive, self.promote], rollout, namespace)
+
+
+def forget_series(metrics: list[Gauge], rollout: str, namespace: str) -> None:
+    """Remove the children of labelled gauges whose `rollout` and `namespace` labels match."""
+    for metric in metrics:
+        names = list(metric._labelnames)
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.labels.get("rollout") == rollout and sample.labels.get("namespace") == namespace:
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*(sample.labels[n] for n in names))
 
 
 def export(rep: Report, rollout: str, namespace: str, *, metrics_file: str | None = None,

@@ -20,6 +20,7 @@ ANNOTATION_APPROVE = "modelrollout.dev/approve"
 ANNOTATION_ABORT = "modelrollout.dev/abort"
 ANNOTATION_RETRY = "modelrollout.dev/retry"
 TERMINAL = frozenset({"Promoted", "RolledBack", "Failed"})
+CANARY_CHECK_GRACE = 300.0  # seconds a canary step may spend checking its live gates after its pause
 
 Action = Literal[
     "none", "wait", "fail", "stage", "evaluate", "await_approval", "canary", "check_canary", "promote",
@@ -132,6 +133,11 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
         if obs.evaluation == "error":
             return Step("rollback", "RolledBack", "EvaluationFailed",
                         f"evaluation failed: {obs.evaluation_error}; production is unchanged")
+        took = _elapsed(status, ("evaluation", "startedAt"), obs.now)
+        if took is not None and took > spec.staging.evaluation_timeout:
+            return Step("rollback", "RolledBack", "EvaluationTimeout",
+                        f"the evaluation did not finish within staging.evaluationTimeout "
+                        f"({spec.staging.evaluation_timeout:g}s); production is unchanged")
         if obs.evaluation == "none":
             return Step("evaluate", "Evaluating", "Evaluating", "evaluating both variants")
         return Step("wait", "Evaluating", "Evaluating", "evaluating both variants")
@@ -150,6 +156,10 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
         if since is None or obs.canary_available is None:
             return Step("canary", "Canary", "CanaryStep", f"canary step {i + 1}: candidate at {steps[i].weight}%", i)
         waited = since
+        if waited > steps[i].pause + ready_timeout + CANARY_CHECK_GRACE:
+            return Step("rollback", "RolledBack", "CanaryTimeout",
+                        f"canary step {i + 1} did not finish within its pause + staging.readyTimeout + "
+                        f"{CANARY_CHECK_GRACE:g}s; production restored")
         if not obs.canary_available:
             if waited > ready_timeout:
                 return Step("rollback", "RolledBack", "CanaryNotReady",

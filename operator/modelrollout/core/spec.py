@@ -25,12 +25,14 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from modelrollout.core.figures import TASKS, Task, figures_for, task_for_metric
-from modelrollout.core.units import parse_duration, parse_size
+from modelrollout.core.text import cap, short
+from modelrollout.core.units import format_duration, parse_duration, parse_size
 
 GROUP = "modelrollout.dev"
 VERSION = "v1alpha1"
 KIND = "ModelRollout"
 API_VERSION = f"{GROUP}/{VERSION}"
+MAX_PROBLEMS = 20
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -56,28 +58,34 @@ def _err(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
 
 
-def _duration(v: Any) -> float:
-    try:
-        seconds = parse_duration(v)
-    except ValueError as e:
-        raise _err("duration", str(e)) from None
-    if seconds <= 0:
-        raise _err("duration", f"{v!r} must be a positive duration")
-    return seconds
+def _bounded(kind: str, parse: Any, most: float, show: Any) -> Any:
+    """A validator for a positive duration or size with an upper bound (the CRD states the same bound)."""
+    def check(v: Any) -> float:
+        try:
+            x = float(parse(v))
+        except ValueError as e:
+            raise _err(kind, str(e)) from None
+        if x <= 0:
+            raise _err(kind, f"{short(v)} must be a positive {'duration' if kind == 'duration' else 'size'}")
+        if x > most:
+            raise _err(kind, f"{short(v)} is more than the limit of {show(most)}")
+        return x
+    return BeforeValidator(check)
 
 
-def _size(v: Any) -> float:
-    try:
-        size = parse_size(v)
-    except ValueError as e:
-        raise _err("size", str(e)) from None
-    if size <= 0:
-        raise _err("size", f"{v!r} must be a positive size")
-    return size
+def _mib(n: float) -> str:
+    return f"{n / 2**20:g}Mi"
 
 
-Duration = Annotated[float, BeforeValidator(_duration)]
-Size = Annotated[float, BeforeValidator(_size)]
+def _dur(most: float) -> Any:
+    return _bounded("duration", parse_duration, most, format_duration)
+
+
+def _bytes(most: float) -> Any:
+    return _bounded("size", parse_size, most, _mib)
+
+
+MINUTE, HOUR, MIB = 60.0, 3600.0, float(2**20)
 Name = Annotated[str, Field(min_length=1, max_length=253)]
 
 
@@ -119,15 +127,17 @@ class Serving(_Model):
     protocol: Literal["v2", "v1"] = "v2"
     model_name: Name
     port: int = Field(8080, ge=1, le=65535)
-    timeout: Duration = 10.0
-    max_response_size: Size = 8 * 2**20
+    timeout: Annotated[float, _dur(5 * MINUTE)] = 10.0
+    max_response_size: Annotated[float, _bytes(1024 * MIB)] = 8 * 2**20
     auth_secret_ref: SecretKeyRef | None = None
 
 
 class Staging(_Model):
-    namespace: str | None = None
+    namespace: Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] | None = None
     replicas: int = Field(1, ge=1, le=100)
-    ready_timeout: Duration = 300.0
+    ready_timeout: Annotated[float, _dur(HOUR)] = 300.0
+    # Evaluating has a deadline: a server that never answers, or a bug, ends in a rollback, not a loop.
+    evaluation_timeout: Annotated[float, _dur(6 * HOUR)] = 1800.0
 
 
 class ConfigMapRef(_Model):
@@ -155,8 +165,8 @@ class Holdout(_Model):
     feature_columns: list[Name] | None = None
     slice_columns: list[Name] = []
     positive_label: str | int | None = None
-    max_rows: int | None = Field(None, ge=1)
-    max_size: Size = 256 * 2**20
+    max_rows: int | None = Field(None, ge=1, le=10_000_000)
+    max_size: Annotated[float, _bytes(1024 * MIB)] = 256 * 2**20
     seed: int = 0
 
     @model_validator(mode="after")
@@ -171,13 +181,13 @@ class Holdout(_Model):
 
 
 class Load(_Model):
-    duration: Duration = 20.0
-    warmup: Duration = 2.0
+    duration: Annotated[float, _dur(HOUR)] = 20.0
+    warmup: Annotated[float, _dur(10 * MINUTE)] = 2.0
     concurrency: int = Field(8, ge=1, le=1024)
     batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1)] = [1]
     mode: Literal["closed", "open"] = "closed"
-    rate: float | None = Field(None, gt=0)
-    leak_requests: int = Field(20000, ge=0)
+    rate: float | None = Field(None, gt=0, le=1_000_000)
+    leak_requests: int = Field(20000, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _rate(self) -> Load:
@@ -263,7 +273,7 @@ class PromQLGate(_Model):
 
 class CanaryStep(_Model):
     weight: int = Field(ge=1, le=100)
-    pause: Duration = 60.0
+    pause: Annotated[float, _dur(24 * HOUR)] = 60.0
 
 
 class Canary(_Model):
@@ -297,6 +307,15 @@ class ModelRolloutSpec(_Model):
     gates: Annotated[list[Gate], Field(min_length=1)]
     promotion: Promotion = Promotion()
 
+    @model_validator(mode="after")
+    def _evaluation_fits(self) -> ModelRolloutSpec:
+        planned = 2 * len(self.load.batch_sizes) * (self.load.warmup + self.load.duration)
+        if self.staging.evaluation_timeout < planned:
+            raise _err("eval_timeout", f"staging.evaluationTimeout ({format_duration(self.staging.evaluation_timeout)})"
+                       f" is shorter than the load plan alone (2 variants x {len(self.load.batch_sizes)} batch sizes"
+                       f" x (warmup + duration) = {format_duration(planned)})")
+        return self
+
 
 class GatesFile(_Model):
     """A gates-only file for `modelrollout score`: the task and the gates, nothing else."""
@@ -328,21 +347,23 @@ def _problems(err: ValidationError, prefix: str) -> list[Problem]:
         loc, kind, msg = tuple(e["loc"]), e["type"], e["msg"]
         value = e.get("input")
         if kind == "extra_forbidden":
-            msg = f"unknown field (value: {value!r})"
+            msg = f"unknown field (value: {short(value)})"
         elif kind == "missing":
             msg = "is required"
         elif kind == "literal_error":
-            msg = f"{value!r} is not one of {msg.split('Input should be ', 1)[-1]}"
+            msg = f"{short(value)} is not one of {msg.split('Input should be ', 1)[-1][:200]}"
         elif kind in {
             "metric", "duration", "size", "name", "holdout_source", "holdout_columns", "load_rate",
-            "gate_bound", "gate_range", "gate_confidence", "gate_baseline", "canary_weights",
+            "gate_bound", "gate_range", "gate_confidence", "gate_baseline", "canary_weights", "eval_timeout",
         }:
             pass
         else:
-            msg = f"{msg[:1].lower()}{msg[1:]} (got {value!r})"
-        problem = Problem(_path(loc, prefix), msg)
+            msg = f"{msg[:1].lower()}{msg[1:200]} (got {short(value)})"
+        problem = Problem(_path(loc, prefix)[:200], msg)
         if problem not in out:
             out.append(problem)
+    if len(out) > MAX_PROBLEMS:  # a list of a million bad gates is one message, not a million lines
+        out = [*out[:MAX_PROBLEMS], Problem("(more)", f"{len(out) - MAX_PROBLEMS} more problems not shown")]
     return out
 
 
@@ -367,16 +388,16 @@ def parse_manifest(doc: Any) -> tuple[dict[str, Any], ModelRolloutSpec]:
         raise SpecError([Problem("(root)", f"must be a mapping, got {type(doc).__name__}")])
     problems: list[Problem] = []
     if doc.get("apiVersion") != API_VERSION:
-        problems.append(Problem("apiVersion", f"{doc.get('apiVersion')!r} is not {API_VERSION!r}"))
+        problems.append(Problem("apiVersion", f"{short(doc.get('apiVersion'))} is not {API_VERSION!r}"))
     if doc.get("kind") != KIND:
-        problems.append(Problem("kind", f"{doc.get('kind')!r} is not {KIND!r}"))
+        problems.append(Problem("kind", f"{short(doc.get('kind'))} is not {KIND!r}"))
     meta = doc.get("metadata")
     if not isinstance(meta, Mapping) or not meta.get("name"):
         problems.append(Problem("metadata.name", "is required"))
         meta = {}
     for key in doc:
         if key not in {"apiVersion", "kind", "metadata", "spec", "status"}:
-            problems.append(Problem(str(key), f"unknown field (value: {doc[key]!r})"))
+            problems.append(Problem(cap(str(key), 80), f"unknown field (value: {short(doc[key])})"))
     spec: ModelRolloutSpec | None = None
     try:
         spec = parse_spec(doc.get("spec"))

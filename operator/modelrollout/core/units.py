@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from modelrollout.core.text import short
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E|m)?$")
@@ -19,12 +21,12 @@ def parse_duration(text: str | int | float) -> float:
     Raises ValueError with the accepted units, so the caller can name the field.
     """
     if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a duration")
+        raise ValueError(f"{short(text)} is not a duration")
     if isinstance(text, int | float):
         return float(text)
     s = text.strip()
     if s.startswith("-"):
-        raise ValueError(f"{text!r} must be a positive duration")
+        raise ValueError(f"{short(text)} must be a positive duration")
     if re.fullmatch(r"\d+(\.\d+)?", s):
         return float(s)
     pos, total = 0, 0.0
@@ -34,20 +36,20 @@ def parse_duration(text: str | int | float) -> float:
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         pos = m.end()
     if pos != len(s) or not s:
-        raise ValueError(f"{text!r} is not a duration (use a number with ms, s, m or h, e.g. '90s' or '5m')")
+        raise ValueError(f"{short(text)} is not a duration (use a number with ms, s, m or h, e.g. '90s' or '5m')")
     return total
 
 
 def parse_size(text: str | int | float) -> float:
     """Bytes in a Kubernetes quantity such as `512Mi` or `1G`."""
     if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a size")
+        raise ValueError(f"{short(text)} is not a size")
     if isinstance(text, int | float):
         return float(text)
     m = _SIZE.match(text.strip())
     if not m:
         raise ValueError(
-            f"{text!r} is not a size (use a number with Ki, Mi, Gi, Ti or k, M, G, T, e.g. '512Mi')"
+            f"{short(text)} is not a size (use a number with Ki, Mi, Gi, Ti or k, M, G, T, e.g. '512Mi')"
         )
     return float(m.group(1)) * _SIZE_UNITS[m.group(2)]
 

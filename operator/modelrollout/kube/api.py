@@ -21,6 +21,7 @@ from kubernetes.utils import parse_quantity
 
 from modelrollout.core.capacity import Node
 from modelrollout.core.spec import GROUP, VERSION
+from modelrollout.kube.objects import owned_by
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -29,6 +30,10 @@ PLURAL = "modelrollouts"
 
 class NotFound(LookupError):
     pass
+
+
+class NotOwned(PermissionError):
+    """An object the operator would write exists and belongs to someone else: the rollout fails, untouched."""
 
 
 async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -122,10 +127,24 @@ class Kube:
         raise NotFound(f"ConfigMap {ns}/{name} has no key {key!r} (keys: {keys})")
 
     def secret_value(self, ns: str, name: str, key: str) -> str:
+        return self.secret(ns, name, key)[0]
+
+    def secret(self, ns: str, name: str, key: str) -> tuple[str, dict[str, str]]:
+        """A Secret's value at `key` and the Secret's annotations (where its owner pins a token's host)."""
         s = self._read("Secret", self.core.read_namespaced_secret, ns, name)
         if not s.data or key not in s.data:
             raise NotFound(f"Secret {ns}/{name} has no key {key!r}")
-        return base64.b64decode(s.data[key]).decode()
+        return base64.b64decode(s.data[key]).decode(), dict(s.metadata.annotations or {})
+
+    def namespace_annotations(self, ns: str) -> dict[str, str] | None:
+        """A namespace's annotations (where it opts in to staging), or None if it does not exist."""
+        try:
+            n = self._call(self.core.read_namespace, ns)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(n.metadata.annotations or {})
 
     def get_rollout(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
@@ -196,40 +215,70 @@ class Kube:
         return pods
 
     # --- writes --------------------------------------------------------------------
-    def apply(self, obj: dict[str, Any]) -> None:
-        ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
-        api: Any = self.apps if kind == "Deployment" else self.core
-        snake = "deployment" if kind == "Deployment" else "service"
-        create = getattr(api, f"create_namespaced_{snake}")
-        patch = getattr(api, f"patch_namespaced_{snake}")
+    def _api(self, kind: str) -> tuple[Any, str]:
+        if kind == "Deployment":
+            return self.apps, "deployment"
+        if kind == "Service":
+            return self.core, "service"
+        raise ValueError(f"the operator writes no {kind}")
+
+    def _owned(self, kind: str, ns: str, name: str, uid: str) -> dict[str, Any] | None:
+        """The object if it exists, after checking it is this rollout's; NotOwned if it is someone else's."""
+        api, snake = self._api(kind)
         try:
-            self._call(create, ns, obj)
+            obj = self._dict(self._call(getattr(api, f"read_namespaced_{snake}"), name, ns))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        if not owned_by(obj.get("metadata") or {}, uid):
+            raise NotOwned(f"{kind} {ns}/{name} already exists and was not created by this rollout; "
+                           "nothing was changed")
+        return obj
+
+    def apply(self, obj: dict[str, Any], uid: str) -> None:
+        """Create, or patch an object this rollout created; never patch anyone else's."""
+        ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
+        api, snake = self._api(kind)
+        try:
+            self._call(getattr(api, f"create_namespaced_{snake}"), ns, obj)
+            return
         except ApiException as e:
             if e.status != 409:
                 raise
-            self._call(patch, name, ns, {"spec": obj["spec"], "metadata": {"labels": obj["metadata"]["labels"]}})
+        existing = self._owned(kind, ns, name, uid)
+        if existing is None:  # deleted between the two calls: the next reconcile creates it
+            return
+        self._call(getattr(api, f"patch_namespaced_{snake}"), name, ns, {
+            "metadata": {"labels": obj["metadata"]["labels"], "resourceVersion": existing["metadata"][
+                "resourceVersion"]}, "spec": obj["spec"]})
 
-    def delete(self, kind: str, ns: str, name: str) -> None:
-        api: Any = self.apps if kind == "Deployment" else self.core
-        fn = getattr(api, f"delete_namespaced_{kind.lower()}")
+    def delete(self, kind: str, ns: str, name: str, uid: str) -> bool:
+        """Delete an object only if this rollout created it (and only that very object); False if it is not ours."""
+        api, snake = self._api(kind)
         try:
-            self._call(fn, name, ns, propagation_policy="Background")
+            obj = self._owned(kind, ns, name, uid)
+        except NotOwned:
+            return False
+        if obj is None:
+            return True
+        opts = client.V1DeleteOptions(propagation_policy="Background",
+                                      preconditions=client.V1Preconditions(uid=obj["metadata"]["uid"]))
+        try:
+            self._call(getattr(api, f"delete_namespaced_{snake}"), name, ns, body=opts)
         except ApiException as e:
-            if e.status != 404:
+            if e.status not in (404, 409):  # gone already, or replaced by another object since the read
                 raise
+        return True
 
-    def replace_template(self, ns: str, name: str, template: Mapping[str, Any]) -> None:
-        """Set a Deployment's whole pod template (a JSON patch: nothing of the old one survives)."""
+    def replace_template(self, ns: str, name: str, template: Mapping[str, Any], uid: str) -> None:
+        """Set a Deployment's whole pod template (a JSON patch: nothing of the old one survives).
+
+        The `test` of the UID makes the patch fail if the target was deleted and re-created since it was read.
+        """
         self._call(self.apps.patch_namespaced_deployment, name, ns,
-                   [{"op": "replace", "path": "/spec/template", "value": dict(template)}])
-
-    def ensure_namespace(self, ns: str) -> None:
-        """Create the staging namespace if allowed; the chart grants no namespace creation, so it must exist."""
-        try:
-            self._call(self.core.create_namespace, {"metadata": {"name": ns}})
-        except ApiException as e:
-            if e.status not in (403, 409):
-                raise
+                   [{"op": "test", "path": "/metadata/uid", "value": uid},
+                    {"op": "replace", "path": "/spec/template", "value": dict(template)}])
 
     def patch_status(self, ns: str, name: str, status: Mapping[str, Any]) -> None:
         self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, PLURAL, name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,35 @@ from modelrollout.core.spec import API_VERSION, KIND
 LABEL_ROLLOUT = "modelrollout.dev/rollout"
 LABEL_VARIANT = "modelrollout.dev/variant"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
+LABEL_UID = "modelrollout.dev/rollout-uid"
 MANAGER = "modelrollout"
+# Staging objects are `<rollout>-candidate` / `<rollout>-baseline`, and Services need DNS-1035 labels of at
+# most 63 characters: a rollout name is therefore a DNS-1035 label of at most 53 (the CRD checks it too).
+ROLLOUT_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_ROLLOUT_NAME = 63 - len("-candidate")
+
+
+def name_problem(name: str) -> str | None:
+    """Why a rollout name cannot name its staging objects, or None."""
+    if len(name) > MAX_ROLLOUT_NAME:
+        return f"metadata.name: {len(name)} characters; at most {MAX_ROLLOUT_NAME} (staging objects add '-candidate')"
+    if not ROLLOUT_NAME.match(name):
+        return ("metadata.name: must be a DNS-1035 label (lower-case letters, digits and '-', starting with a "
+                "letter, no dots): it names the staging Services")
+    return None
+
+
+def labels_of(rollout: Mapping[str, Any], variant: str) -> dict[str, str]:
+    m = rollout["metadata"]
+    return {LABEL_ROLLOUT: m["name"], LABEL_UID: m["uid"], LABEL_VARIANT: variant, LABEL_MANAGED: MANAGER}
+
+
+def owned_by(obj_meta: Mapping[str, Any], uid: str) -> bool:
+    """True when an existing object was made by the rollout with this UID (its label or its owner reference)."""
+    labels = obj_meta.get("labels") or {}
+    if labels.get(LABEL_MANAGED) == MANAGER and labels.get(LABEL_UID) == uid:
+        return True
+    return any(ref.get("uid") == uid and ref.get("kind") == KIND for ref in obj_meta.get("ownerReferences") or [])
 
 
 def owner_reference(rollout: Mapping[str, Any]) -> dict[str, Any]:
@@ -23,7 +52,8 @@ def owner_reference(rollout: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def staging_name(rollout: str, variant: str) -> str:
-    return f"{rollout}-{variant}"[:63].rstrip("-")
+    """Never cut: `name_problem` keeps rollout names short enough, so candidate and baseline differ."""
+    return f"{rollout}-{variant}"
 
 
 def template_hash(template: Mapping[str, Any]) -> str:
@@ -42,9 +72,8 @@ def _variant_template(template: Mapping[str, Any], labels: dict[str, str]) -> di
 def staging_objects(rollout: Mapping[str, Any], variant: str, template: Mapping[str, Any], namespace: str,
                     replicas: int, port: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """A Deployment and a Service for one staging variant, owned by the rollout when it can be."""
-    name = rollout["metadata"]["name"]
-    obj_name = staging_name(name, variant)
-    labels = {LABEL_ROLLOUT: name, LABEL_VARIANT: variant, LABEL_MANAGED: MANAGER}
+    obj_name = staging_name(rollout["metadata"]["name"], variant)
+    labels = labels_of(rollout, variant)
     meta: dict[str, Any] = {"name": obj_name, "namespace": namespace, "labels": dict(labels)}
     if namespace == rollout["metadata"]["namespace"]:  # owner references cannot cross namespaces
         meta["ownerReferences"] = [owner_reference(rollout)]
@@ -59,18 +88,20 @@ def staging_objects(rollout: Mapping[str, Any], variant: str, template: Mapping[
 def canary_deployment(rollout: Mapping[str, Any], target: Mapping[str, Any], template: Mapping[str, Any],
                       replicas: int) -> dict[str, Any]:
     """The candidate beside production, with production's pod labels so its Service splits traffic."""
-    name = rollout["metadata"]["name"]
     t = copy.deepcopy(dict(template))
     labels = dict(t.setdefault("metadata", {}).get("labels") or {})
-    labels.update({LABEL_ROLLOUT: name, LABEL_VARIANT: "canary"})
+    labels.update({LABEL_ROLLOUT: rollout["metadata"]["name"], LABEL_VARIANT: "canary"})
     t["metadata"]["labels"] = labels
     selector = {k: v for k, v in labels.items()}
     meta = {"name": canary_name(target["metadata"]["name"]), "namespace": target["metadata"]["namespace"],
-            "labels": {LABEL_ROLLOUT: name, LABEL_VARIANT: "canary", LABEL_MANAGED: MANAGER},
-            "ownerReferences": [owner_reference(rollout)]}
+            "labels": labels_of(rollout, "canary"), "ownerReferences": [owner_reference(rollout)]}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
             "spec": {"replicas": replicas, "selector": {"matchLabels": selector}, "template": t}}
 
 
 def canary_name(target: str) -> str:
-    return f"{target}-canary"[:63]
+    """`<target>-canary`; a long target gets a hash instead of a cut, so two targets never share one."""
+    name = f"{target}-canary"
+    if len(name) <= 63:
+        return name
+    return f"{target[:45].rstrip('-')}-canary-{hashlib.sha256(target.encode()).hexdigest()[:10]}"
