@@ -11,19 +11,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from modelrollout import canary_gates
+from modelrollout import canary_gates, holdout_source
 from modelrollout.core.decide import (
     ANNOTATION_ABORT,
     ANNOTATION_APPROVE,
@@ -41,89 +38,19 @@ from modelrollout.core.report import gate_dict
 from modelrollout.core.spec import ModelRolloutSpec, SpecError, parse_spec
 from modelrollout.core.text import cap
 from modelrollout.evaluation import Variant, evaluate_servers
-from modelrollout.exporter import FigureExporter, forget_series
-from modelrollout.holdout import Holdout, prepare, read_table
+from modelrollout.holdout import Holdout
 from modelrollout.kube import objects
 from modelrollout.kube.api import Kube, NotFound, NotOwned, pod_requests, run
+from modelrollout.opmetrics import OperatorMetrics
 from modelrollout.probes.resources import PodUsage, PrometheusSource, Source, UsageSource
 from modelrollout.serving.client import Endpoint, ServerError
+from modelrollout.settings import Settings
 
 log = logging.getLogger("modelrollout")
-PHASES = ("Pending", "Waiting", "Staging", "Evaluating", "AwaitingApproval", "Canary", "Promoted", "RolledBack",
-          "Failed")
 ACTIVE = frozenset({"Staging", "Evaluating", "AwaitingApproval", "Canary"})
 # A namespace other than the rollout's own takes staging objects only when its owner lists the rollout's
 # namespace here (comma-separated): the target's pod template, ServiceAccount and Secrets resolve there.
 ANNOTATION_STAGING_FOR = "modelrollout.dev/staging-for"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Operator settings, from the environment (the Helm chart sets them)."""
-
-    service_addresses_file: str | None = None  # JSON {"namespace/service": "http://host:port"}
-    prometheus_url: str | None = None
-    max_concurrent_evaluations: int = 2
-    # Rollouts staging or evaluating at once. Unbounded, many rollouts on a full cluster each get
-    # one of their two staging pods scheduled and all wait for the other until readyTimeout.
-    max_concurrent_stagings: int = 4
-    metrics_port: int = 8080
-    interval: float = 2.0
-    metrics_api_wait: float = 60.0  # for metrics-server's first sample of a new staging pod
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        e = os.environ
-        return cls(
-            service_addresses_file=e.get("MODELROLLOUT_SERVICE_ADDRESSES_FILE") or None,
-            prometheus_url=e.get("MODELROLLOUT_PROMETHEUS_URL") or None,
-            max_concurrent_evaluations=int(e.get("MODELROLLOUT_MAX_CONCURRENT_EVALUATIONS", "2")),
-            max_concurrent_stagings=int(e.get("MODELROLLOUT_MAX_CONCURRENT_STAGINGS", "4")),
-            metrics_port=int(e.get("MODELROLLOUT_METRICS_PORT", "8080")),
-            interval=float(e.get("MODELROLLOUT_RECONCILE_INTERVAL", "2")),
-            metrics_api_wait=float(e.get("MODELROLLOUT_METRICS_API_WAIT", "60")),
-        )
-
-    def service_url(self, namespace: str, service: str, port: int) -> str:
-        """The cluster DNS name in a cluster; the documented address map outside one."""
-        if self.service_addresses_file:
-            path = Path(self.service_addresses_file)
-            mapping = json.loads(path.read_text()) if path.exists() else {}
-            if f"{namespace}/{service}" in mapping:
-                return str(mapping[f"{namespace}/{service}"])
-        return f"http://{service}.{namespace}.svc:{port}"
-
-
-class OperatorMetrics:
-    def __init__(self, registry: CollectorRegistry):
-        self.figures = FigureExporter(registry)
-        self.phase = Gauge("modelrollout_rollout_phase", "1 for the phase a rollout is in, 0 for the others.",
-                           ["rollout", "namespace", "phase"], registry=registry)
-        self.decisions = Counter("modelrollout_decisions_total", "Rollouts decided, by result.",
-                                 ["namespace", "result"], registry=registry)
-        self.eval_seconds = Histogram("modelrollout_evaluation_duration_seconds", "Time to evaluate both variants.",
-                                      buckets=(5, 15, 30, 60, 120, 300, 600, 1200), registry=registry)
-        self.eval_errors = Counter("modelrollout_evaluation_errors_total", "Evaluations that failed.",
-                                   ["namespace"], registry=registry)
-        self.reconcile_errors = Counter("modelrollout_reconcile_errors_total", "Reconciles that raised.",
-                                        registry=registry)
-        self.in_flight = Gauge("modelrollout_evaluations_in_progress", "Evaluations running now.",
-                               registry=registry)
-        self.api_requests = Counter("modelrollout_kubernetes_api_requests_total",
-                                    "Kubernetes API calls made by the controller (besides kopf's watches).",
-                                    registry=registry)
-
-    def forget(self, name: str, ns: str) -> None:
-        """A deleted rollout leaves no series behind (its phase gauge would keep ModelRolloutStuck firing)."""
-        forget_series([self.phase], name, ns)
-        self.figures.forget(name, ns)
-
-    def set_phase(self, name: str, ns: str, phase: str) -> None:
-        for p in PHASES:
-            self.phase.labels(name, ns, p).set(1.0 if p == phase else 0.0)
-        for result in TERMINAL:  # counters exist at 0 before the first decision, so increase() sees it
-            self.decisions.labels(ns, result)
-        self.eval_errors.labels(ns)
 
 
 def now() -> datetime:
@@ -167,6 +94,7 @@ class Controller:
     holdouts: dict[str, Holdout] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     semaphore: asyncio.Semaphore | None = None
+    reach: holdout_source.Reach = field(default_factory=holdout_source.Reach.from_env)
     # uid -> (phase, queue key) of every live rollout this process reconciled: the staging queue
     phases: dict[str, tuple[str, tuple[str, str, str]]] = field(default_factory=dict)
 
@@ -308,44 +236,35 @@ class Controller:
             return None
         return all(states)
 
-    async def _holdout_bytes(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> tuple[bytes, str]:
-        h, ns = spec.holdout, body["metadata"]["namespace"]
-        if h.config_map_ref is not None:
-            return await run(self.kube.config_map_file, ns, h.config_map_ref.name, h.config_map_ref.key), \
-                h.config_map_ref.key
-        if h.url is not None:
-            headers = {}
-            if h.url.secret_ref is not None:
-                token = await run(self.kube.secret_value, ns, h.url.secret_ref.name, h.url.secret_ref.key)
-                headers["Authorization"] = f"Bearer {token}"
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s, \
-                    s.get(h.url.url, headers=headers) as r:
-                if r.status != 200:
-                    raise DataError(f"hold-out URL {h.url.url} answered HTTP {r.status}")
-                data = await r.content.read(int(h.max_size) + 1)
-                return data, h.url.url.split("?")[0]
-        assert h.pvc is not None
-        path = Path(os.environ.get("MODELROLLOUT_PVC_ROOT", "/mnt/holdout")) / h.pvc.claim_name / h.pvc.path
-        return await asyncio.to_thread(path.read_bytes), str(path)
-
     async def _load_holdout(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> tuple[str, str] | None:
-        """Read and check the hold-out before anything is created; (error, reason) if it is unusable."""
+        """Read and check the hold-out before anything is created; (error, reason) if it is unusable.
+
+        Reading is confined by the operator's `Reach` (allowed hosts, the PVC root, a memory budget for
+        the parsing child process); column names appear in messages only for sources in the author's
+        own namespace (ConfigMap, PVC), never for a URL's content.
+        """
         key = f"{body['metadata']['uid']}:{body['metadata'].get('generation', 1)}"
         if key in self.holdouts:
             return None
-        h = spec.holdout
+        ns = str(body["metadata"]["namespace"])
+
+        async def config_map(n: str, name: str, k: str) -> bytes:
+            return await run(self.kube.config_map_file, n, name, k)
+
+        async def secret(n: str, name: str, k: str) -> tuple[str, dict[str, str]]:
+            return await run(self.kube.secret, n, name, k)
+
         try:
-            data, name = await self._holdout_bytes(body, spec)
-            df = await asyncio.to_thread(read_table, data, name, h.format, h.max_size)
-            self.holdouts[key] = prepare(df, task=spec.task, label_column=h.label_column,
-                                         feature_columns=h.feature_columns, slice_columns=h.slice_columns,
-                                         max_rows=h.max_rows, seed=h.seed, name=name)
-        except NotFound as e:
-            return str(e), "HoldoutNotFound"
+            data, name = await holdout_source.fetch(spec.holdout, ns, self.reach, config_map=config_map,
+                                                    secret=secret)
+            self.holdouts[key] = await holdout_source.load(data, name, spec, self.reach,
+                                                           echo_columns=spec.holdout.url is None)
+        except holdout_source.HoldoutError as e:
+            return f"hold-out: {e}", e.reason
         except DataError as e:
-            return f"hold-out: {e}", "HoldoutInvalid"
-        except aiohttp.ClientError as e:
-            return f"hold-out URL {h.url.url if h.url else ''}: {e}", "HoldoutNotFound"
+            return cap(f"hold-out: {e}", 600), "HoldoutInvalid"
+        except NotFound as e:
+            return cap(str(e), 600), "HoldoutNotFound"
         return None
 
     # --- apply -------------------------------------------------------------------------

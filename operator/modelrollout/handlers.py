@@ -12,9 +12,11 @@ from typing import Any
 import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 
-from modelrollout.controller import Controller, OperatorMetrics, Settings
+from modelrollout.controller import Controller
 from modelrollout.core.spec import GROUP, VERSION
 from modelrollout.kube.api import Kube
+from modelrollout.opmetrics import OperatorMetrics
+from modelrollout.settings import Settings
 
 RESOURCE = (GROUP, VERSION, "modelrollouts")
 SETTINGS = Settings.from_env()

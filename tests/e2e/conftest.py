@@ -128,6 +128,8 @@ class Operator:
     log: Path | None = None
     servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    holdout_port: int = 0  # the one local port the operator may fetch hold-out URLs from
+    pvc_root: Path | None = None
 
     def restart(self) -> None:
         self.stop()
@@ -179,9 +181,12 @@ def operator(cluster: Cluster, prometheus: Prometheus, tmp_path_factory: pytest.
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/modelrollouts.modelrollout.dev", "--timeout=60s")
     cluster.kubectl("apply", "-f", "-", input=BIG_NODE)
-    op = Operator(cluster, d / "addresses.json", free_port(), log=d / "operator.log")
+    op = Operator(cluster, d / "addresses.json", free_port(), log=d / "operator.log", holdout_port=free_port(),
+                  pvc_root=d / "pvc")
     op.addresses.write_text("{}")
     op.start({"MODELROLLOUT_SERVICE_ADDRESSES_FILE": str(op.addresses),
+              "MODELROLLOUT_HOLDOUT_URL_HOSTS": f"127.0.0.1:{op.holdout_port}",
+              "MODELROLLOUT_PVC_ROOT": str(op.pvc_root), "MODELROLLOUT_HOLDOUT_MEMORY_MIB": "384",
               "MODELROLLOUT_METRICS_PORT": str(op.metrics_port), "MODELROLLOUT_RECONCILE_INTERVAL": "1",
               "MODELROLLOUT_PROMETHEUS_URL": prometheus.url,
               "MODELROLLOUT_MAX_CONCURRENT_EVALUATIONS": "2"})

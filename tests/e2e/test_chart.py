@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from modelrollout.controller import OperatorMetrics
 from modelrollout.core.engine import SystemFigures, build_report
 from modelrollout.core.figures import figures_for
 from modelrollout.core.spec import Gate
+from modelrollout.opmetrics import OperatorMetrics
 from tests.conftest import ROOT, Cluster
 from tests.e2e.conftest import Models, Operator, Prometheus, Scenario
 
@@ -65,6 +65,23 @@ def test_renders_with_defaults_and_with_every_option(cluster: Cluster) -> None:
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["modelrollout.json"])["uid"] == "modelrollout"
+
+
+def test_namespaced_install_grants_roles_only_in_listed_namespaces(cluster: Cluster) -> None:
+    docs = render(cluster, "--set", "rbac.namespaces={ml,ml-staging}")
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    assert set(roles) == {"ml", "ml-staging"}
+    assert any(r["resources"] == ["deployments"] for r in roles["ml"]["rules"])
+    cluster_rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
+    cluster_resources = {res for r in cluster_rules for res in r["resources"]}
+    assert cluster_resources == {"customresourcedefinitions", "nodes", "pods", "namespaces"}
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in cluster_rules)
+    args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=ml" in args and "--namespace=ml-staging" in args and "--all-namespaces" not in args
+    env = {e["name"]: e["value"] for e in next(d for d in docs if d["kind"] == "Deployment")[
+        "spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELROLLOUT_HOLDOUT_URL_HOSTS"] == ""  # no URL hold-outs unless the admin lists hosts
+    assert env["MODELROLLOUT_HOLDOUT_MEMORY_MIB"] == "384"
 
 
 @pytest.mark.parametrize(("setting", "words"), [
@@ -176,7 +193,9 @@ def test_helm_install_succeeds(cluster: Cluster, installed: str) -> None:
     ("patch", "deployments.apps", True), ("get", "configmaps", True), ("list", "nodes", True),
     ("patch", "modelrollouts.modelrollout.dev/status", True),
     ("get", "secrets", False), ("list", "secrets", False), ("delete", "configmaps", False),
-    ("create", "namespaces", False), ("delete", "nodes", False),
+    ("create", "namespaces", False), ("delete", "nodes", False), ("get", "namespaces", True),
+    ("list", "deployments.apps", False), ("watch", "deployments.apps", False), ("patch", "events", False),
+    ("get", "pods.metrics.k8s.io", False), ("list", "pods.metrics.k8s.io", True),
     ("create", "clusterroles.rbac.authorization.k8s.io", False),
 ])
 def test_least_privilege(cluster: Cluster, installed: str, verb: str, resource: str, allowed: bool) -> None:

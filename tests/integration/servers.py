@@ -4,7 +4,7 @@
 
 MODE: ok | leak (keeps every request body) | slow (one request at a time, 20 ms each) |
 fat (holds 1 GiB) | auth (wants "Bearer s3cret") | 500 | hang | malformed | wrong_count | huge |
-close (closes mid-response)
+close (closes mid-response) | badmetrics (/metrics is not the text format) | zerometrics (/metrics says 0 bytes)
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ def fault(mode: str) -> Any:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/metrics" and mode == "badmetrics":
+            return web.Response(text="process_resident_memory_bytes{oops 12\n# garbage\n")
+        if request.path == "/metrics" and mode == "zerometrics":
+            return web.Response(text="process_resident_memory_bytes 0\nprocess_cpu_seconds_total 0\n")
         if request.method != "POST":
             return await handler(request)
         if mode == "auth" and request.headers.get("Authorization") != "Bearer s3cret":

@@ -151,7 +151,7 @@ class UrlSource(_Model):
 
 
 class PvcSource(_Model):
-    claim_name: Name
+    claim_name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
     path: Name
 
 
