@@ -20,6 +20,7 @@ from modelrollout.core.report import Report, to_json, to_markdown, to_text
 from modelrollout.core.spec import SpecError, parse_gates_file
 from modelrollout.holdout import prepare, read_predictions, read_table
 from modelrollout.serving.client import ServerError
+from modelrollout.serving.options import add_serve_arguments
 
 EXIT_PROMOTE, EXIT_REJECT, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -133,13 +134,7 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     v = sub.add_parser("serve", help="serve a scikit-learn model over the V2 and V1 inference protocols")
-    v.add_argument("model", help="model file (.skops by default)")
-    v.add_argument("--name", default="model")
-    v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8080)
-    v.add_argument("--trust-pickle", action="store_true",
-                   help="allow a pickle/joblib file: loading one runs code from the file, so only for "
-                        "files you made yourself")
+    add_serve_arguments(v)
     v.set_defaults(func=cmd_serve)
     return p
 

@@ -6,6 +6,8 @@ flattened data. V1 is `{"instances": [...]}` -> `{"predictions": [...]}`.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,8 @@ V2_DATATYPES = {"f": "FP64", "i": "INT64", "u": "INT64", "b": "BOOL", "U": "BYTE
 NUMPY_OF = {"FP64": np.float64, "FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
             "INT16": np.int16, "INT8": np.int8, "UINT64": np.uint64, "UINT32": np.uint32, "UINT8": np.uint8,
             "BOOL": np.bool_}
+MAX_DIMS = 32  # numpy takes 64; no model input needs more than a handful
+MAX_MESSAGE = 300
 
 
 class ProtocolError(ValueError):
@@ -44,23 +48,74 @@ def tensor_array(t: Any) -> np.ndarray:
     """A V2 tensor (request input or response output) as a numpy array of its shape."""
     if not isinstance(t, dict) or not {"shape", "datatype", "data"} <= t.keys():
         raise ProtocolError("a tensor needs name, shape, datatype and data")
-    shape, dt, data = t["shape"], t["datatype"], t["data"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ProtocolError(f"tensor {t.get('name')!r}: shape {shape!r} is not a list of sizes")
+    name, shape, dt, data = _text(t.get("name"), 60), t["shape"], t["datatype"], t["data"]
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise ProtocolError(f"tensor {name!r}: shape is not a list of at most {MAX_DIMS} sizes")
     if not isinstance(data, list):
-        raise ProtocolError(f"tensor {t.get('name')!r}: data is not a list")
-    flat: np.ndarray = np.asarray(_flatten(data), dtype=object if dt == "BYTES" else NUMPY_OF.get(dt, np.float64))
-    if dt not in NUMPY_OF and dt != "BYTES":
-        raise ProtocolError(f"tensor {t.get('name')!r}: datatype {dt!r} is not supported")
-    if flat.size != int(np.prod(shape)):
-        raise ProtocolError(f"tensor {t.get('name')!r}: {flat.size} values do not fill shape {shape}")
+        raise ProtocolError(f"tensor {name!r}: data is not a list")
+    if not isinstance(dt, str) or (dt not in NUMPY_OF and dt != "BYTES"):
+        raise ProtocolError(f"tensor {name!r}: datatype {_text(dt, 20)!r} is not supported")
+    flat = numbers(_flatten(data), NUMPY_OF.get(dt, object), f"tensor {name!r}")
+    if flat.ndim != 1 or flat.size != math.prod(shape):
+        raise ProtocolError(f"tensor {name!r}: {flat.size} values do not fill shape {clip(str(shape), 80)}")
     return flat.reshape(shape)
 
 
+def numbers(data: Any, dtype: Any, what: str = "the input") -> np.ndarray:
+    """`data` as an array of `dtype`, or a ProtocolError that does not repeat the values.
+
+    numpy's own messages quote the offending value, which may be private data. A float beyond the
+    range of `dtype` becomes infinite here; the server refuses infinite inputs."""
+    kind = np.dtype(dtype).name
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(data, dtype=dtype)
+    except OverflowError:
+        raise ProtocolError(f"{what}: a value is out of range for {kind}") from None
+    except (ValueError, TypeError, RecursionError):
+        raise ProtocolError(f"{what}: the values are not a rectangular array of {kind}") from None
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON; a ProtocolError, never a crash, for anything else."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ProtocolError("the JSON nests too deeply") from None
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"the body is not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise ProtocolError("the body is not UTF-8 JSON") from None
+    except ValueError:  # the only other one: an integer with more than sys.get_int_max_str_digits()
+        raise ProtocolError("a number in the body has too many digits") from None
+
+
+def clip(s: str, n: int = MAX_MESSAGE) -> str:
+    """At most n characters: an error message must stay short whatever the request held."""
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _text(v: Any, n: int) -> str:
+    """A name from the request, clipped; str() of anything else could be huge or nest too deeply."""
+    return clip(v, n) if isinstance(v, str) else f"<{type(v).__name__}>"
+
+
 def _flatten(data: list[Any]) -> list[Any]:
-    if data and isinstance(data[0], list):
-        return [v for row in data for v in _flatten(row)]
-    return data
+    """Row-major values of nested lists, without recursion (a deep nesting cannot exhaust the stack)."""
+    if not data or not isinstance(data[0], list):
+        return data
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
+    return out
 
 
 @dataclass(frozen=True)
