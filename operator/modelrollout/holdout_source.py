@@ -320,13 +320,15 @@ def _read_pvc(h: HoldoutSpec, ns: str, reach: Reach, limit: int) -> tuple[bytes,
     except OSError:
         raise HoldoutError(f"{name}: claim {claim} of namespace {ns} is not mounted in the operator",
                            "HoldoutNotFound") from None
+    outside = HoldoutError(f"{name}: the path leads out of the claim's folder", "HoldoutRefused")
+    if not Path(os.path.normpath(base / rel)).is_relative_to(base):  # before any lookup: no probing outside
+        raise outside
     try:
         target = (base / rel).resolve(strict=True)
     except FileNotFoundError:
         raise HoldoutError(f"{name}: no such file", "HoldoutNotFound") from None
     except (OSError, RuntimeError) as e:  # a symlink loop, a file used as a folder
         raise HoldoutError(f"{name}: cannot follow the path ({type(e).__name__})", "HoldoutInvalid") from None
-    outside = HoldoutError(f"{name}: the path leads out of the claim's folder", "HoldoutRefused")
     if not target.is_relative_to(base):
         raise outside
     if not stat.S_ISREG(os.stat(target, follow_symlinks=False).st_mode):  # before opening a device or FIFO

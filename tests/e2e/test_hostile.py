@@ -88,12 +88,14 @@ def _cases(tenant: str, victim: str, port: int) -> list[Case]:
         Case("fat-cell", "Failed", "region",
              {"holdout": {"configMapRef": {"name": "fatcell", "key": "h.csv"}, "sliceColumns": ["region"]}}),
         # refused during the evaluation or the canary: production restored, no loop
-        Case("bad-metrics", "RolledBack", "EvaluationFailed", servers=("badmetrics", None)),
-        Case("zero-metrics", "RolledBack", "EvaluationFailed", servers=("zerometrics", None)),
+        Case("bad-metrics", "RolledBack", "EvaluationFailed", {"targetRef": {"name": "m1"}},
+             servers=("badmetrics", None)),
+        Case("zero-metrics", "RolledBack", "EvaluationFailed", {"targetRef": {"name": "m2"}},
+             servers=("zerometrics", None)),
         Case("squat-canary", "Failed", f"NotOwned Deployment {tenant}/churn-canary already exists",
              {"promotion": {"canary": {"steps": [{"weight": 50, "pause": "1s"}]}}}, servers=(None, None)),
         Case("cross-tenant-query", "RolledBack", 'CanaryGateFailed', {
-            "promotion": {"canary": {"steps": [{"weight": 50, "pause": "1s"}]},
+            "targetRef": {"name": "m3"}, "promotion": {"canary": {"steps": [{"weight": 50, "pause": "1s"}]},
                           "gates": [{"name": "peek", "query": f'sum(up{{namespace="{victim}"}})', "max": 1e9}]}},
             servers=(None, None)),
     ]
@@ -198,6 +200,8 @@ def test_hostile_manifests(cluster: Cluster, operator: Operator, models: Models,
         kubectl("apply", "-f", "-", input=TARGET.format(name="churn", ns=ns))
         kubectl("-n", ns, "create", "configmap", "holdout", "--from-file=holdout.csv=/dev/stdin",
                 input=models.holdout_csv)
+    for target in ("m1", "m2", "m3"):  # one production each, so evaluating rollouts do not queue for one target
+        kubectl("apply", "-f", "-", input=TARGET.format(name=target, ns=tenant))
     kubectl("-n", victim, "create", "secret", "generic", "db", f"--from-literal=password={SECRET_WORD}")
     # the tenant's own objects that happen to carry names the operator would use
     squat = TARGET.format(name="squat-candidate", ns=tenant).replace("replicas: 2", "replicas: 1")
@@ -280,8 +284,11 @@ def test_hostile_manifests(cluster: Cluster, operator: Operator, models: Models,
     print(f"operator peak RSS with its children during the hostile table: {memory / 2**20:.0f} MiB")
 
     # deleting a rollout removes its objects (only its own) and its series
-    for name in applied:
-        kubectl("-n", tenant, "delete", "modelrollout", name, "--wait=true", "--timeout=60s")
+    kubectl("-n", tenant, "delete", "modelrollout", *applied, "--wait=false")
+    end = time.monotonic() + 120
+    while time.monotonic() < end and kubectl("-n", tenant, "get", "modelrollouts", "-o", "name").stdout.strip():
+        time.sleep(1)
+    assert not kubectl("-n", tenant, "get", "modelrollouts", "-o", "name").stdout.strip(), "finalizers left"
     after_delete = _snapshot(cluster, tenant, victim)
     for key, value in before.items():
         assert after_delete.get(key) == value, f"{key} changed or vanished after the rollouts were deleted"
