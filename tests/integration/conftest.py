@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -76,13 +77,16 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
 def start_server() -> Iterator[Callable[..., Server]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(model: Path, mode: str | None = None, name: str = "m") -> Server:
+    def start(model: Path, mode: str | None = None, name: str = "m", flags: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> Server:
         port = free_port()
         if mode is None:
-            cmd = [sys.executable, "-m", "modelrollout.cli", "serve", str(model), "--name", name, "--port", str(port)]
+            cmd = [sys.executable, "-m", "modelrollout.cli", "serve", str(model), "--name", name, "--port", str(port),
+                   *flags]
         else:
             cmd = [sys.executable, str(HERE / "servers.py"), str(model), str(port), mode]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, **(env or {})})
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         _wait(url, proc)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,42 +29,18 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from modelrollout.serving.server import ModelLoadError, load_model
-from tests.integration.conftest import Server, Trained, _wait, free_port
+from tests.integration.conftest import Server, Trained
 
 pytestmark = pytest.mark.integration
 
-# `modelrollout serve` with the serve options, parsed as the CLI parses them
-LAUNCH = ("import argparse, sys\n"
-          "from modelrollout.serving.options import add_serve_arguments\n"
-          "from modelrollout.serving.server import run_server\n"
-          "p = argparse.ArgumentParser()\n"
-          "add_serve_arguments(p)\n"
-          "sys.exit(run_server(p.parse_args()))\n")
 SLOW_ROWS = 4000
 SECRET = 987654.123  # a value that no error message may repeat
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[..., Server]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(model: Path, *flags: str) -> Server:
-        port = free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core for the model, one for the event loop
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(model), "--name", "m", "--port", str(port), *flags],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        _wait(url, proc)
-        return Server(url, proc)
-
-    yield start
-    for p in procs:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
+def serve(start_server: Callable[..., Server]) -> Callable[..., Server]:
+    """`modelrollout serve` with flags; one BLAS thread, so the event loop keeps a core."""
+    return lambda model, *flags: start_server(model, flags=flags, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,8 @@ def test_pvc_reads_inside_the_namespaced_claim(root: Path) -> None:
 
 
 @pytest.mark.parametrize("path, reason", [
-    ("../../outside.csv", "HoldoutRefused"), ("../../no/such/file.csv", "HoldoutRefused"), ("../../team-b/data/theirs.csv", "HoldoutRefused"),
+    ("../../outside.csv", "HoldoutRefused"), ("../../no/such/file.csv", "HoldoutRefused"),
+    ("../../team-b/data/theirs.csv", "HoldoutRefused"),
     ("/etc/passwd", "HoldoutRefused"), ("escape.csv", "HoldoutRefused"), ("zero.csv", "HoldoutRefused"),
     ("null.csv", "HoldoutRefused"), ("fifo.csv", "HoldoutRefused"), ("sub", "HoldoutRefused"),
     ("missing.csv", "HoldoutNotFound"),
