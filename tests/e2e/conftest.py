@@ -83,10 +83,16 @@ class Prometheus:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def configure(self, targets: list[str], rules: str | None = None) -> None:
+    def configure(self, targets: list[str], rules: str | None = None,
+                  namespaced: tuple[str, list[str]] | None = None) -> None:
+        """Scrape `targets`, and `namespaced` = (namespace, targets) with that `namespace` label, as a
+        ServiceMonitor's relabelling adds it in a cluster (canary gates must select one namespace)."""
         self.targets, self.rules = targets, rules
+        static: list[dict[str, Any]] = [{"targets": targets}] if targets else []
+        if namespaced:
+            static.append({"targets": namespaced[1], "labels": {"namespace": namespaced[0]}})
         cfg: dict[str, Any] = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                               "scrape_configs": [{"job_name": "models", "static_configs": [{"targets": targets}]}]}
+                               "scrape_configs": [{"job_name": "models", "static_configs": static}]}
         if rules:
             (self.folder / "rules.yml").write_text(rules)
             cfg["rule_files"] = [str(self.folder / "rules.yml")]

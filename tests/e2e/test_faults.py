@@ -58,7 +58,7 @@ def put_holdout(scenario: Scenario, key: str, data: bytes) -> None:
     ("wrong-columns", "label column 'label' not found"),
     ("nan-labels", "label column 'label' has 3 missing values"),
     ("unknown-labels", "labels ['maybe'] are not among the model's classes"),
-    ("too-large", "is larger than the limit of 1024"),
+    ("too-large", "is more than spec.holdout.maxSize (1024 bytes)"),
 ])
 def test_bad_holdout_data_fails_with_a_clear_condition(scenario: Scenario, models: Models, case: str,
                                                        words: str) -> None:

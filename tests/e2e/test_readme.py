@@ -65,7 +65,7 @@ def start_operator_pod(cluster: Cluster, tmp: Path, prometheus: Prometheus, addr
     """The chart's operator container, as a local process: its args, its env, its ServiceAccount."""
     dep = json.loads(cluster.kubectl("-n", "modelrollout-system", "get", "deployment", "mr", "-o", "json").stdout)
     container = dep["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}  # the API omits empty values
     assert env["MODELROLLOUT_PROMETHEUS_URL"] == "http://prometheus.monitoring:9090"  # the --set took effect
     env |= {"MODELROLLOUT_PROMETHEUS_URL": prometheus.url, "MODELROLLOUT_METRICS_PORT": str(metrics_port),
             "MODELROLLOUT_SERVICE_ADDRESSES_FILE": str(addresses), "HOME": str(tmp), "MPLCONFIGDIR": str(tmp),
@@ -99,8 +99,8 @@ def test_readme_walkthrough_promotes_the_quickstart_model(cluster: Cluster, clea
     addresses = tmp_path / "addresses.json"
     addresses.write_text(json.dumps({"ml/classifier-v2-candidate": good, "ml/classifier-v2-baseline": production}))
     metrics_port = free_port()
-    prometheus.configure([f"127.0.0.1:{metrics_port}", good.removeprefix("http://"),
-                          production.removeprefix("http://")])
+    prometheus.configure([f"127.0.0.1:{metrics_port}"],
+                         namespaced=("ml", [good.removeprefix("http://"), production.removeprefix("http://")]))
     env = {**cluster.env(), "PROMETHEUS": prometheus.url,
            "PATH": f"{Path(sys.executable).parent}:{cluster.env()['PATH']}"}  # kubectl finds the plugin
     out: dict[str, str] = {}
