@@ -90,7 +90,7 @@ def test_manual_approval_waits_then_promotes(scenario: Scenario, models: Models)
     scenario.assert_invariant("manual", before)
 
 
-def canary(ns: str) -> dict[str, Any]:
+def canary_promotion(ns: str) -> dict[str, Any]:
     """Two steps whose live gate reads the candidate's errors in the rollout's own namespace."""
     return {"canary": {"steps": [{"weight": 25, "pause": "3s"}, {"weight": 50, "pause": "3s"}]},
             "gates": [{"name": "no-errors", "query": f'sum(modelserver_errors_total{{namespace="{ns}", model="m"}})',
@@ -102,7 +102,8 @@ def test_abort_during_canary_restores_production(scenario: Scenario, models: Mod
     cand = scenario.op.serve(models.good)
     prometheus.configure([], namespaced=(scenario.ns, [cand.removeprefix("http://")]))
     scenario.rollout("abort", cand, scenario.op.serve(models.production), QUALITY,
-                     promotion={"canary": {"steps": [{"weight": 50, "pause": "10m"}]}, "gates": canary(scenario.ns)["gates"]})
+                     promotion={"canary": {"steps": [{"weight": 50, "pause": "10m"}]},
+                     "gates": canary_promotion(scenario.ns)["gates"]})
     st = scenario.wait_phase("abort", {"Canary", "RolledBack", "Failed"})
     assert st["phase"] == "Canary"
     canary = scenario.get("deployment", "churn-canary")
@@ -122,7 +123,8 @@ def test_canary_gate_failing_in_prometheus_restores_production(scenario: Scenari
     before = scenario.template()
     cand = scenario.op.serve(models.good)
     prometheus.configure([], namespaced=(scenario.ns, [cand.removeprefix("http://")]))
-    scenario.rollout("canary-fails", cand, scenario.op.serve(models.production), QUALITY, promotion=canary(scenario.ns))
+    scenario.rollout("canary-fails", cand, scenario.op.serve(models.production), QUALITY,
+                     promotion=canary_promotion(scenario.ns))
     scenario.wait_phase("canary-fails", {"Canary", "RolledBack", "Failed"})
 
     async def live_errors() -> None:  # live traffic that the candidate cannot serve
@@ -144,7 +146,8 @@ def test_canary_steps_pass_then_promote(scenario: Scenario, models: Models, prom
     before = scenario.template()
     cand = scenario.op.serve(models.good)
     prometheus.configure([], namespaced=(scenario.ns, [cand.removeprefix("http://")]))
-    scenario.rollout("canary-ok", cand, scenario.op.serve(models.production), QUALITY, promotion=canary(scenario.ns))
+    scenario.rollout("canary-ok", cand, scenario.op.serve(models.production), QUALITY,
+                     promotion=canary_promotion(scenario.ns))
     seen = set()
     end = time.monotonic() + 180
     while time.monotonic() < end:
