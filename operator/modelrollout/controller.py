@@ -263,8 +263,6 @@ class Controller:
             return f"hold-out: {e}", e.reason
         except DataError as e:
             return cap(f"hold-out: {e}", 600), "HoldoutInvalid"
-        except NotFound as e:
-            return cap(str(e), 600), "HoldoutNotFound"
         return None
 
     # --- apply -------------------------------------------------------------------------
@@ -448,12 +446,9 @@ class Controller:
                                    "generation": int(meta.get("generation", 1))},
                 })
                 self.metrics.figures.observe(report, name, ns)
-            except (ServerError, DataError, NotFound, RuntimeError, OSError) as e:
-                self.evaluations[key].error = cap(str(e), 600)
-                self.metrics.eval_errors.labels(ns).inc()
-                log.warning("%s/%s: evaluation failed: %s", ns, name, e)
-            except Exception as e:  # a bug or a server's nonsense ends the rollout; it never loops
-                self.evaluations[key].error = cap(f"{type(e).__name__}: {e}", 600)
+            except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
+                expected = isinstance(e, ServerError | DataError | NotFound | RuntimeError | OSError)
+                self.evaluations[key].error = cap(str(e) if expected else f"{type(e).__name__}: {e}", 600)
                 self.metrics.eval_errors.labels(ns).inc()
                 log.warning("%s/%s: evaluation failed: %s", ns, name, e)
             finally:

@@ -91,13 +91,18 @@ class Kube:
         return fn(*args, **kwargs)
 
     # --- reads ---------------------------------------------------------------------
-    def get_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
+    def _or_none(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """One read; None when the object does not exist (404), any other error raised."""
         try:
-            return self._dict(self._call(self.apps.read_namespaced_deployment, name, ns))
+            return self._call(fn, *args)
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
+
+    def get_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
+        dep = self._or_none(self.apps.read_namespaced_deployment, name, ns)
+        return None if dep is None else self._dict(dep)
 
     def deployment_available(self, ns: str, name: str) -> bool | None:
         dep = self.get_deployment(ns, name)
@@ -138,23 +143,13 @@ class Kube:
 
     def namespace_annotations(self, ns: str) -> dict[str, str] | None:
         """A namespace's annotations (where it opts in to staging), or None if it does not exist."""
-        try:
-            n = self._call(self.core.read_namespace, ns)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return dict(n.metadata.annotations or {})
+        n = self._or_none(self.core.read_namespace, ns)
+        return None if n is None else dict(n.metadata.annotations or {})
 
     def get_rollout(self, ns: str, name: str) -> dict[str, Any] | None:
-        try:
-            out: dict[str, Any] = self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
-                                             name)
-            return out
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        out: dict[str, Any] | None = self._or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, ns,
+                                                   PLURAL, name)
+        return out
 
     def list_all_rollouts(self) -> list[dict[str, Any]]:
         out = self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
@@ -225,12 +220,10 @@ class Kube:
     def _owned(self, kind: str, ns: str, name: str, uid: str) -> dict[str, Any] | None:
         """The object if it exists, after checking it is this rollout's; NotOwned if it is someone else's."""
         api, snake = self._api(kind)
-        try:
-            obj = self._dict(self._call(getattr(api, f"read_namespaced_{snake}"), name, ns))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        found = self._or_none(getattr(api, f"read_namespaced_{snake}"), name, ns)
+        if found is None:
+            return None
+        obj = self._dict(found)
         if not owned_by(obj.get("metadata") or {}, uid):
             raise NotOwned(f"{kind} {ns}/{name} already exists and was not created by this rollout; "
                            "nothing was changed")
