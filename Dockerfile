@@ -1,21 +1,25 @@
-# modelrollout operator image. Multi-stage: wheels are built with compilers in the first
-# stage; the final stage has only the runtime and runs as a non-root user.
-# (No container engine runs on the development machines: this file is linted by hadolint in
-# the tests, not built there.)
-FROM python:3.11.11-slim-bookworm AS build
+# modelrollout image: the operator (`kopf run`, the entrypoint) and the model server
+# (`modelrollout serve`, as the command of model pods). Multi-stage: the first stage installs
+# into a virtual environment; the final one has only the runtime and runs as a non-root user.
+#
+# BASE defaults to the public image users pull. hack/controlplane image builds this very file
+# with --build-arg BASE=localhost/modelrollout-base:bookworm-py311 (Debian bookworm's Python
+# 3.11 from mmdebstrap), because no registry is reachable where the tests run.
+ARG BASE=python:3.11.11-slim-bookworm
+
+FROM ${BASE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN pip install --no-cache-dir --upgrade pip==24.3.1 \
- && pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python3 -m venv /opt/modelrollout \
+ && /opt/modelrollout/bin/pip install --no-cache-dir --upgrade pip==24.3.1 \
+ && /opt/modelrollout/bin/pip install --no-cache-dir --no-compile . \
+ && /opt/modelrollout/bin/python -m compileall -q /opt/modelrollout/lib
 
-FROM python:3.11.11-slim-bookworm
-RUN groupadd --gid 10001 modelrollout \
- && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin modelrollout
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels modelrollout==0.1.0 \
- && rm -rf /wheels
-ENV HOME=/tmp MPLCONFIGDIR=/tmp PYTHONUNBUFFERED=1
+FROM ${BASE}
+COPY --from=build /opt/modelrollout /opt/modelrollout
+ENV PATH=/opt/modelrollout/bin:/usr/local/bin:/usr/bin:/bin \
+    HOME=/tmp MPLCONFIGDIR=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 EXPOSE 8080 8081
 ENTRYPOINT ["kopf"]

@@ -40,10 +40,18 @@ class Cluster:
         _controlplane("metrics-api", "on" if on else "off")
 
 
-def _controlplane(*args: str) -> None:
+    def real_node(self) -> str:
+        """Build the project's image (cached), start the real node, import the image; its name."""
+        image = _controlplane("image", timeout=1800).strip().splitlines()[-1]
+        _controlplane("node", "on", timeout=600)
+        return image
+
+
+def _controlplane(*args: str, timeout: float = 180) -> str:
     """A hack/controlplane command that acts on the running cluster (the project's own control plane only)."""
-    r = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, f"hack/controlplane {' '.join(args)} (only for its own control plane): {r.stderr}"
+    r = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"hack/controlplane {' '.join(args)} (only for its own control plane): {r.stderr[-3000:]}"
+    return r.stdout
 
 
 @pytest.fixture(scope="session")

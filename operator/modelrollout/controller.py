@@ -33,6 +33,7 @@ from modelrollout.core.decide import (
     candidate_template,
     decide,
 )
+from modelrollout.core.pods import PodProblems, pod_problems
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import gate_dict
 from modelrollout.core.spec import ModelRolloutSpec, SpecError, parse_spec
@@ -155,6 +156,8 @@ class Controller:
                     obs["input_error"], obs["input_reason"] = err
             elif phase == "Staging":
                 obs["staging_available"] = await self._staging_available(body, spec)
+                if obs["staging_available"] is False:
+                    obs["staging_problems"] = await self._pod_problems(body, spec)
             elif phase == "Canary":
                 obs["canary_available"] = await run(self.kube.deployment_available, ns,
                                                     objects.canary_name(spec.target_ref.name))
@@ -235,6 +238,19 @@ class Controller:
         if any(s is None for s in states):
             return None
         return all(states)
+
+    async def _pod_problems(self, body: Mapping[str, Any], spec: ModelRolloutSpec,
+                            settle: float = 0.0) -> PodProblems:
+        """Why the staging pods do not serve. With `settle`, wait that long for a fatal cause to show:
+        a server that just died is reported by the kubelet a moment after its clients notice."""
+        ns, end = self._staging_ns(body, spec), time.monotonic() + settle
+        while True:
+            pods = [p for v in ("candidate", "baseline")
+                    for p in await run(self.kube.pods, ns, objects.labels_of(body, v))]
+            found = pod_problems(pods)
+            if found.fatal or time.monotonic() >= end:
+                return found
+            await asyncio.sleep(1.0)
 
     async def _load_holdout(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> tuple[str, str] | None:
         """Read and check the hold-out before anything is created; (error, reason) if it is unusable.
@@ -448,7 +464,12 @@ class Controller:
                 self.metrics.figures.observe(report, name, ns)
             except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
                 expected = isinstance(e, ServerError | DataError | NotFound | RuntimeError | OSError)
-                self.evaluations[key].error = cap(str(e) if expected else f"{type(e).__name__}: {e}", 600)
+                why = str(e) if expected else f"{type(e).__name__}: {e}"
+                if isinstance(e, ServerError | OSError | aiohttp.ClientError | TimeoutError):
+                    with contextlib.suppress(Exception):  # the pods' state explains a dead server best
+                        problems = await self._pod_problems(body, spec, settle=15.0)
+                        why = f"{why} ({problems.summary()})" if problems.messages else why
+                self.evaluations[key].error = cap(why, 600)
                 self.metrics.eval_errors.labels(ns).inc()
                 log.warning("%s/%s: evaluation failed: %s", ns, name, e)
             finally:

@@ -26,6 +26,8 @@ from sklearn.tree import DecisionTreeClassifier
 from tests.conftest import ROOT, Cluster
 from tests.integration.conftest import _wait, free_port
 
+REAL_NODE_NS = "real-"  # prefix of the namespaces tests on the real node use
+
 BIG_NODE = """
 apiVersion: v1
 kind: Node
@@ -162,7 +164,9 @@ class Operator:
         assert self.log is not None
         self.env = env
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "-m", "modelrollout.handlers", "--all-namespaces", "--standalone"],
+            # Every namespace but the real node's: there, the operator installed by the chart acts.
+            [sys.executable, "-m", "kopf", "run", "-m", "modelrollout.handlers", f"--namespace=!{REAL_NODE_NS}*",
+             "--standalone"],
             env={**self.cluster.env(), **env}, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
     def stop(self, kill: bool = False) -> None:

@@ -1,8 +1,9 @@
 """Model servers with faults, for tests: the reference app behind a fault-injecting middleware.
 
-    python tests/integration/servers.py MODEL.skops PORT MODE
+    python tests/integration/servers.py MODEL.skops PORT MODE [HOST]
 
-MODE: ok | leak (keeps every request body) | slow (one request at a time, 20 ms each) |
+MODE: ok | leak (keeps every request body) | flood (keeps 300 copies of each: a leak that fills a pod's
+memory limit within seconds of load) | slow (one request at a time, 20 ms each) |
 fat (holds 1 GiB) | auth (wants "Bearer s3cret") | 500 | hang | malformed | wrong_count | huge |
 close (closes mid-response) | badmetrics (/metrics is not the text format) | zerometrics (/metrics says 0 bytes)
 """
@@ -36,6 +37,8 @@ def fault(mode: str) -> Any:
             return web.json_response({"error": "unauthorized"}, status=401)
         if mode == "leak":
             KEPT.append(await request.read() * 4)  # what a careless cache would do
+        elif mode == "flood":
+            KEPT.append(await request.read() * 300)
         elif mode == "slow":
             async with lock:
                 await asyncio.sleep(0.02)
@@ -68,7 +71,8 @@ def main() -> None:
     if mode == "fat":
         KEPT.append(b"x" * 2**30)  # touched, so it is resident
     app = make_app(load_model(model_path), "m", middlewares=[fault(mode)])
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    host = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"  # 0.0.0.0 in a pod
+    web.run_app(app, host=host, port=port, access_log=None, print=None)
 
 
 if __name__ == "__main__":

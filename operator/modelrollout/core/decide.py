@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from modelrollout.core.pods import PodProblems
 from modelrollout.core.spec import ModelRolloutSpec
 
 ANNOTATION_APPROVE = "modelrollout.dev/approve"
@@ -39,6 +40,7 @@ class Observed:
     input_error: str | None = None  # what only the operator can check (hold-out, ConfigMap, ...)
     input_reason: str = "InvalidInput"
     staging_available: bool | None = None  # None: the staging objects do not exist
+    staging_problems: PodProblems = field(default_factory=PodProblems)  # why staging pods do not serve
     evaluation: Literal["none", "running", "error"] = "none"
     evaluation_error: str | None = None
     canary_available: bool | None = None
@@ -116,10 +118,15 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
     if phase == "Staging":
         if obs.staging_available:
             return Step("evaluate", "Evaluating", "Evaluating", "staging is Available; evaluating both variants")
+        problems = obs.staging_problems
+        if problems.fatal:  # waiting out readyTimeout would not change it
+            return Step("rollback", "RolledBack", "StagingPodFailing",
+                        f"a staging pod cannot serve: {problems.summary()}; production is unchanged")
         waited = _elapsed(status, ("staging", "startedAt"), obs.now) or 0.0
         if waited > ready_timeout:
+            why = f" ({problems.summary()})" if problems.messages else ""
             return Step("rollback", "RolledBack", "StagingTimeout",
-                        f"staging was not Available within {ready_timeout:g}s; production is unchanged")
+                        f"staging was not Available within {ready_timeout:g}s{why}; production is unchanged")
         if obs.staging_available is None:
             return Step("stage", "Staging", "Staging", "creating candidate and baseline in staging")
         return Step("wait", "Staging", "StagingNotReady", "waiting for the staging Deployments to become Available")

@@ -192,6 +192,12 @@ class Kube:
                 max_pods=int(alloc["pods"]) if alloc.get("pods") else None, pods=int(u[2])))
         return out
 
+    def pods(self, ns: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The pods matching `selector`, as dicts (their status tells why one is not serving)."""
+        out = self._call(self.core.list_namespaced_pod, ns,
+                         label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+        return [self._dict(p) for p in out.items]
+
     def pod_usage(self, ns: str, selector: Mapping[str, str]) -> list[tuple[float, float]] | None:
         """(memory working set bytes, CPU cores) per pod matching `selector`, from metrics.k8s.io;
         None when the cluster does not serve that API (no metrics-server, or it is unavailable)."""

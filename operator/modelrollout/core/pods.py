@@ -1,0 +1,66 @@
+"""Why a staging pod is not serving, in words a user can act on, from pod status alone.
+
+Only reasons, exit codes and counts are reported: never a container's message or logs, which can
+carry data the rollout's author may not be allowed to read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Waiting reasons that will not resolve by themselves: waiting longer only delays the verdict.
+FATAL_WAITING = frozenset({"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull",
+                           "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
+                           "RunContainerError"})
+MAX_LISTED = 3
+
+
+@dataclass(frozen=True)
+class PodProblems:
+    messages: tuple[str, ...] = ()
+    fatal: bool = False  # a container crash-loops, cannot start, or was OOM-killed
+
+    def summary(self) -> str:
+        return "; ".join(self.messages)
+
+
+def _container(pod: str, c: Mapping[str, Any]) -> tuple[str, bool] | None:
+    state = c.get("state") or {}
+    waiting = state.get("waiting") or {}
+    ended = state.get("terminated") or (c.get("lastState") or {}).get("terminated") or {}
+    restarts = int(c.get("restartCount") or 0)
+    where = f"pod {pod}: container {c.get('name')!s}"
+    if ended.get("reason") == "OOMKilled":
+        return f"{where} was OOMKilled (it reached its memory limit); {restarts} restarts", True
+    reason = str(waiting.get("reason") or "")
+    if reason in FATAL_WAITING:
+        last = f", last exit code {ended.get('exitCode')} ({ended.get('reason')})" if ended else ""
+        return f"{where} is in {reason}{last}; {restarts} restarts", True
+    if state.get("running") and not c.get("ready"):
+        return f"{where} is running but not Ready (its readiness probe does not pass); {restarts} restarts", False
+    if reason:
+        return f"{where} is waiting ({reason})", False
+    return None
+
+
+def pod_problems(pods: Sequence[Mapping[str, Any]]) -> PodProblems:
+    """What keeps each pod from serving; a few are listed, then a count of the rest."""
+    found: list[str] = []
+    fatal = False
+    for p in pods:
+        name = str((p.get("metadata") or {}).get("name"))
+        st = p.get("status") or {}
+        unscheduled = [c for c in st.get("conditions") or []
+                       if c.get("type") == "PodScheduled" and c.get("status") == "False"]
+        if unscheduled:
+            found.append(f"pod {name}: not scheduled ({unscheduled[0].get('reason') or 'Unschedulable'})")
+        for c in st.get("containerStatuses") or []:
+            got = _container(name, c)
+            if got:
+                found.append(got[0])
+                fatal = fatal or got[1]
+    more = len(found) - MAX_LISTED
+    listed = found[:MAX_LISTED] + ([f"{more} more"] if more > 0 else [])
+    return PodProblems(tuple(listed), fatal)
