@@ -17,6 +17,9 @@ RUN python3 -m venv /opt/modelrollout \
  && /opt/modelrollout/bin/python -m compileall -q /opt/modelrollout/lib
 
 FROM ${BASE}
+# A passwd entry for the runtime user: kopf names its peer identity after it (getpass.getuser()).
+RUN groupadd --gid 10001 modelrollout \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin modelrollout
 COPY --from=build /opt/modelrollout /opt/modelrollout
 ENV PATH=/opt/modelrollout/bin:/usr/local/bin:/usr/bin:/bin \
     HOME=/tmp MPLCONFIGDIR=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1

@@ -20,6 +20,7 @@ OCI_RUNTIME=${MODELROLLOUT_OCI_RUNTIME:-runc}
 SOCK=$NODE_STATE/containerd.sock
 PAUSE_IMAGE=localhost/modelrollout-pause:1
 COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}  # the Go module of Prometheus 3.x
 NODE_BIN=$CACHE/k8s-node-$K8S_VERSION
 NODE_COMPONENTS=(kubelet kube-proxy)
 
@@ -45,6 +46,18 @@ build_node() {
   fi
   build_coredns
   build_pause
+  build_prometheus
+}
+
+# Debian's Prometheus is built without Kubernetes service discovery; this one has it (and file/http),
+# the other discovery plugins left out by Prometheus's own build tags.
+build_prometheus() {
+  local dir=$CACHE/prometheus-$PROMETHEUS_VERSION
+  [ -x "$dir/prometheus" ] && return
+  log "building Prometheus ($PROMETHEUS_VERSION) with Kubernetes service discovery"
+  mkdir -p "$dir"
+  GOBIN=$dir GOFLAGS= go install -trimpath -tags remove_all_sd,enable_kubernetes_sd -ldflags "-s -w" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
 }
 
 # CoreDNS with only the plugins a cluster's DNS needs, the way CoreDNS documents building with a

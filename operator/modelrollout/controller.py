@@ -54,6 +54,9 @@ ACTIVE = frozenset({"Staging", "Evaluating", "AwaitingApproval", "Canary"})
 ANNOTATION_STAGING_FOR = "modelrollout.dev/staging-for"
 
 
+POD_STATUS_SETTLE = 5.0  # seconds for the kubelet to report why a server its clients saw die died
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -465,9 +468,9 @@ class Controller:
             except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
                 expected = isinstance(e, ServerError | DataError | NotFound | RuntimeError | OSError)
                 why = str(e) if expected else f"{type(e).__name__}: {e}"
-                if isinstance(e, ServerError | OSError | aiohttp.ClientError | TimeoutError):
-                    with contextlib.suppress(Exception):  # the pods' state explains a dead server best
-                        problems = await self._pod_problems(body, spec, settle=15.0)
+                if not isinstance(e, DataError | NotFound):  # a server that died: its pod says why
+                    with contextlib.suppress(Exception):
+                        problems = await self._pod_problems(body, spec, settle=POD_STATUS_SETTLE)
                         why = f"{why} ({problems.summary()})" if problems.messages else why
                 self.evaluations[key].error = cap(why, 600)
                 self.metrics.eval_errors.labels(ns).inc()

@@ -38,6 +38,7 @@ class ClusterPrometheus:
 
     folder: Path
     port: int
+    bindir: str  # Prometheus built with Kubernetes discovery (Debian's has none)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,7 +75,7 @@ class ClusterPrometheus:
         (self.folder / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         shutil.rmtree(self.folder / "data", ignore_errors=True)
         self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={self.folder / 'prometheus.yml'}",
+            [f"{self.bindir}/prometheus", f"--config.file={self.folder / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.folder / 'data'}", f"--web.listen-address={NODE_IP}:{self.port}"],
             stdout=subprocess.DEVNULL, stderr=open(self.folder / "log", "wb"))  # noqa: SIM115
         for _ in range(100):
@@ -177,7 +178,8 @@ class RealNode:
         self.kubectl("-n", ns, "rollout", "status", f"deployment/{deployment}", "--timeout=180s")
 
     def pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
-        return list(self.get(ns, "pods", "-l", selector)["items"])
+        """The pods matching `selector` that are not on their way out."""
+        return [p for p in self.get(ns, "pods", "-l", selector)["items"] if not p["metadata"].get("deletionTimestamp")]
 
 
 def chart_rules(cluster: Cluster) -> str:
@@ -207,7 +209,7 @@ def helm_install(cluster: Cluster, image: str, prometheus_url: str) -> None:
 def real_node_fixture(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
     image = cluster.real_node()
     cluster.metrics_api(True)  # metrics-server now scrapes the real kubelet's /metrics/resource too
-    prom = ClusterPrometheus(tmp_path_factory.mktemp("cluster-prometheus"), free_port())
+    prom = ClusterPrometheus(tmp_path_factory.mktemp("cluster-prometheus"), free_port(), cluster.bindir)
     prom.start(cluster, chart_rules(cluster))
     node = RealNode(cluster, image, prom)
     try:
