@@ -38,7 +38,7 @@ def _container(pod: str, c: Mapping[str, Any]) -> tuple[str, bool] | None:
     if reason in FATAL_WAITING:
         last = f", last exit code {ended.get('exitCode')} ({ended.get('reason')})" if ended else ""
         return f"{where} is in {reason}{last}; {restarts} restarts", True
-    if state.get("running") and not c.get("ready"):
+    if "running" in state and not c.get("ready"):
         return f"{where} is running but not Ready (its readiness probe does not pass); {restarts} restarts", False
     if reason:
         return f"{where} is waiting ({reason})", False

@@ -1,0 +1,60 @@
+"""Why a staging pod does not serve, from pod status as the kubelet writes it, and what the state
+machine does with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelrollout.core.decide import decide
+from modelrollout.core.pods import PodProblems, pod_problems
+from tests.unit.test_decide import ago, obs, spec
+
+
+def pod(name: str, *containers: dict[str, Any], scheduled: bool = True) -> dict[str, Any]:
+    conditions = [] if scheduled else [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                        "message": "0/3 nodes are available: secret-node-name"}]
+    return {"metadata": {"name": name}, "status": {"conditions": conditions, "containerStatuses": list(containers)}}
+
+
+def crashing(restarts: int = 2) -> dict[str, Any]:
+    return {"name": "server", "ready": False, "restartCount": restarts,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting: SECRET"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "Traceback: SECRET"}}}
+
+
+def test_each_cause_is_named_with_the_pod_and_without_container_messages() -> None:
+    oom = {"name": "server", "ready": True, "restartCount": 1, "state": {"running": {}},
+           "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
+    unready = {"name": "server", "ready": False, "restartCount": 0, "state": {"running": {}}}
+    healthy = {"name": "server", "ready": True, "restartCount": 0, "state": {"running": {}}}
+    got = pod_problems([pod("a", crashing()), pod("b", oom), pod("c", unready), pod("d", healthy)])
+    assert got.fatal
+    assert got.messages == (
+        "pod a: container server is in CrashLoopBackOff, last exit code 1 (Error); 2 restarts",
+        "pod b: container server was OOMKilled (it reached its memory limit); 1 restarts",
+        "pod c: container server is running but not Ready (its readiness probe does not pass); 0 restarts")
+    assert "SECRET" not in got.summary()
+    assert pod_problems([pod("c", unready)]) == PodProblems(got.messages[2:], fatal=False)
+    assert pod_problems([pod("d", healthy)]) == PodProblems()
+    unscheduled = pod_problems([pod("e", scheduled=False)])
+    assert unscheduled.messages == ("pod e: not scheduled (Unschedulable)",) and not unscheduled.fatal
+    pulling = pod_problems([pod("f", {"name": "s", "state": {"waiting": {"reason": "ErrImageNeverPull"}}})])
+    assert pulling.fatal and "ErrImageNeverPull" in pulling.summary()
+
+
+def test_a_long_list_is_cut_to_a_few_and_a_count() -> None:
+    got = pod_problems([pod(f"p{i}", crashing()) for i in range(7)])
+    assert len(got.messages) == 4 and got.messages[-1] == "4 more"
+
+
+def test_a_fatal_cause_ends_staging_at_once_and_a_slow_one_is_named_at_the_timeout() -> None:
+    st: dict[str, Any] = {"phase": "Staging", "observedGeneration": 1, "staging": {"startedAt": ago(10)}}
+    crash = pod_problems([pod("x-candidate-1", crashing())])
+    s = decide(spec(), st, obs(staging_available=False, staging_problems=crash))
+    assert (s.action, s.phase, s.reason) == ("rollback", "RolledBack", "StagingPodFailing")
+    assert "pod x-candidate-1" in s.message and "production is unchanged" in s.message
+    unready = pod_problems([pod("x-candidate-1", {"name": "server", "ready": False, "state": {"running": {}}})])
+    assert decide(spec(), st, obs(staging_available=False, staging_problems=unready)).action == "wait"
+    st["staging"]["startedAt"] = ago(61)
+    s = decide(spec(), st, obs(staging_available=False, staging_problems=unready))
+    assert s.reason == "StagingTimeout" and "not Available within 60s (pod x-candidate-1:" in s.message
