@@ -80,10 +80,12 @@ class Prometheus:
     targets: list[str] = field(default_factory=list)
     rules: str | None = None
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    binary: str = "prometheus"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def configure(self, targets: list[str], rules: str | None = None,
                   namespaced: tuple[str, list[str]] | None = None) -> None:
@@ -93,17 +95,21 @@ class Prometheus:
         static: list[dict[str, Any]] = [{"targets": targets}] if targets else []
         if namespaced:
             static.append({"targets": namespaced[1], "labels": {"namespace": namespaced[0]}})
+        self.run([{"job_name": "models", "static_configs": static}], rules)
+
+    def run(self, scrape_configs: list[dict[str, Any]], rules: str | None) -> None:
+        """(Re)start with these scrape configs and rules, and no series left from an earlier test."""
         cfg: dict[str, Any] = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                               "scrape_configs": [{"job_name": "models", "static_configs": static}]}
+                               "scrape_configs": scrape_configs}
         if rules:
             (self.folder / "rules.yml").write_text(rules)
             cfg["rule_files"] = [str(self.folder / "rules.yml")]
         (self.folder / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         self.stop()
-        shutil.rmtree(self.folder / "data", ignore_errors=True)  # no series left from an earlier test
+        shutil.rmtree(self.folder / "data", ignore_errors=True)
         self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={self.folder / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.folder / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
+            [self.binary, f"--config.file={self.folder / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.folder / 'data'}", f"--web.listen-address={self.host}:{self.port}"],
             stdout=subprocess.DEVNULL, stderr=open(self.folder / "log", "wb"))  # noqa: SIM115
         import urllib.request
         for _ in range(100):

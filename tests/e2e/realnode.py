@@ -8,11 +8,8 @@ API server. Namespaces start with `real-`, which the session's local operator le
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, Cluster
-from tests.e2e.conftest import REAL_NODE_NS, Models
+from tests.e2e.conftest import REAL_NODE_NS, Models, Prometheus
 from tests.integration.conftest import free_port
 
 NODE_IP = "10.244.0.1"  # the node's bridge address (hack/node.sh): pods reach the host here
@@ -32,75 +29,33 @@ ON_NODE = {"nodeSelector": {"modelrollout.dev/real-node": "true"},
            "tolerations": [{"key": "modelrollout.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]}
 
 
-@dataclass
-class ClusterPrometheus:
-    """Debian's Prometheus finding pods through kubernetes_sd_configs, with the chart's alert rules."""
-
-    folder: Path
-    port: int
-    bindir: str  # Prometheus built with Kubernetes discovery (Debian's has none)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{NODE_IP}:{self.port}"
-
-    def start(self, cluster: Cluster, rules: str) -> None:
-        kc = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-        server = kc["clusters"][0]["cluster"]
-        user = kc["users"][0]["user"]
-        sd = {"role": "pod", "api_server": server["server"],
-              "tls_config": {"ca_file": server["certificate-authority"], "cert_file": user["client-certificate"],
-                             "key_file": user["client-key"]}}
-        running = {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"}
-        pod = {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}
-        (self.folder / "rules.yml").write_text(rules)
-        cfg = {"global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-               "rule_files": [str(self.folder / "rules.yml")],
-               "scrape_configs": [
-                   # the operator labels its own series with the rollout's namespace: keep them
-                   {"job_name": "modelrollout-operator", "honor_labels": True, "kubernetes_sd_configs": [sd],
-                    "relabel_configs": [
-                        running,
-                        {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name",
-                                           "__meta_kubernetes_pod_container_port_name"],
-                         "regex": "modelrollout;metrics", "action": "keep"}, pod]},
-                   # model servers: every pod port named http, labelled with its namespace and pod
-                   {"job_name": "model-servers", "kubernetes_sd_configs": [sd],
-                    "relabel_configs": [
-                        running,
-                        {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "http",
-                         "action": "keep"},
-                        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"}, pod]}]}
-        (self.folder / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-        shutil.rmtree(self.folder / "data", ignore_errors=True)
-        self.proc = subprocess.Popen(
-            [f"{self.bindir}/prometheus", f"--config.file={self.folder / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.folder / 'data'}", f"--web.listen-address={NODE_IP}:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=open(self.folder / "log", "wb"))  # noqa: SIM115
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(self.url + "/-/ready", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError((self.folder / "log").read_text()[-2000:])
-
-    def query(self, q: str) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(self.url + "/api/v1/query?" + urllib.parse.urlencode({"query": q})) as r:
-            return list(json.loads(r.read())["data"]["result"])
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
+def discovering(cluster: Cluster) -> list[dict[str, Any]]:
+    """Scrape configs that find the operator pod and every model-server pod through the API server."""
+    kc = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    server, user = kc["clusters"][0]["cluster"], kc["users"][0]["user"]
+    sd = [{"role": "pod", "api_server": server["server"],
+           "tls_config": {"ca_file": server["certificate-authority"], "cert_file": user["client-certificate"],
+                          "key_file": user["client-key"]}}]
+    running = {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"}
+    pod = {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}
+    return [
+        # the operator labels its own series with the rollout's namespace: keep them
+        {"job_name": "modelrollout-operator", "honor_labels": True, "kubernetes_sd_configs": sd,
+         "relabel_configs": [running, {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name",
+                                                         "__meta_kubernetes_pod_container_port_name"],
+                                       "regex": "modelrollout;metrics", "action": "keep"}, pod]},
+        # model servers: every pod port named http, labelled with its namespace and pod
+        {"job_name": "model-servers", "kubernetes_sd_configs": sd,
+         "relabel_configs": [running, {"source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                                       "regex": "http", "action": "keep"},
+                             {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"}, pod]}]
 
 
 @dataclass(frozen=True)
 class RealNode:
     cluster: Cluster
     image: str
-    prometheus: ClusterPrometheus
+    prometheus: Prometheus  # built with Kubernetes discovery (Debian's has none), reachable from pods
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl(*args, input=input, check=check)
@@ -209,8 +164,9 @@ def helm_install(cluster: Cluster, image: str, prometheus_url: str) -> None:
 def real_node_fixture(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
     image = cluster.real_node()
     cluster.metrics_api(True)  # metrics-server now scrapes the real kubelet's /metrics/resource too
-    prom = ClusterPrometheus(tmp_path_factory.mktemp("cluster-prometheus"), free_port(), cluster.bindir)
-    prom.start(cluster, chart_rules(cluster))
+    prom = Prometheus(tmp_path_factory.mktemp("cluster-prometheus"), free_port(), host=NODE_IP,
+                      binary=f"{cluster.bindir}/prometheus")
+    prom.run(discovering(cluster), chart_rules(cluster))
     node = RealNode(cluster, image, prom)
     try:
         helm_install(cluster, image, prom.url)
