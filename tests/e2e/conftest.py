@@ -166,13 +166,15 @@ class Operator:
         _wait(url, p)
         return url
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str], all_namespaces: bool = False) -> None:
+        """Run as admin in every namespace but the real node's, where the operator the chart installed
+        acts (a pattern makes kopf watch namespaces, which the chart's RBAC does not grant: a test
+        that runs it under the chart's ServiceAccount asks for `all_namespaces`)."""
         assert self.log is not None
         self.env = env
+        scope = "--all-namespaces" if all_namespaces else f"--namespace=!{REAL_NODE_NS}*"
         self.proc = subprocess.Popen(
-            # Every namespace but the real node's: there, the operator installed by the chart acts.
-            [sys.executable, "-m", "kopf", "run", "-m", "modelrollout.handlers", f"--namespace=!{REAL_NODE_NS}*",
-             "--standalone"],
+            [sys.executable, "-m", "kopf", "run", "-m", "modelrollout.handlers", scope, "--standalone"],
             env={**self.cluster.env(), **env}, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
     def stop(self, kill: bool = False) -> None:

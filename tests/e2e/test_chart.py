@@ -226,7 +226,8 @@ def test_operator_under_the_chart_service_account_promotes(cluster: Cluster, ins
     op.stop()  # the session operator runs as admin; run one as the chart's ServiceAccount instead
     try:
         op.start({"KUBECONFIG": str(kc), "MODELROLLOUT_SERVICE_ADDRESSES_FILE": str(op.addresses),
-                  "MODELROLLOUT_METRICS_PORT": str(op.metrics_port), "MODELROLLOUT_RECONCILE_INTERVAL": "1"})
+                  "MODELROLLOUT_METRICS_PORT": str(op.metrics_port), "MODELROLLOUT_RECONCILE_INTERVAL": "1"},
+                 all_namespaces=True)
         before = scenario.template()
         scenario.rollout("rbac", op.serve(models.good), op.serve(models.production),
                          [{"metric": "f1", "min": 0.9}, {"metric": "replicas_fit", "min": 1}])
