@@ -42,6 +42,16 @@ def test_each_cause_is_named_with_the_pod_and_without_container_messages() -> No
     assert pulling.fatal and "ErrImageNeverPull" in pulling.summary()
 
 
+def test_a_container_that_exited_is_a_crash_once_it_has_failed_twice() -> None:
+    def exited(restarts: int) -> dict[str, Any]:
+        return {"name": "server", "ready": False, "restartCount": restarts,
+                "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": "SECRET"}}}
+    first = pod_problems([pod("a", exited(0))])
+    assert first.messages == ("pod a: container server exited with code 1 (Error)",) and not first.fatal
+    again = pod_problems([pod("a", exited(1))])
+    assert again.fatal and again.messages == ("pod a: container server exited with code 1 (Error); 1 restarts",)
+
+
 def test_a_long_list_is_cut_to_a_few_and_a_count() -> None:
     got = pod_problems([pod(f"p{i}", crashing()) for i in range(7)])
     assert len(got.messages) == 4 and got.messages[-1] == "4 more"
