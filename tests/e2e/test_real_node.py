@@ -149,7 +149,8 @@ def test_candidates_that_crash_never_get_ready_or_are_oom_killed(real_node: Real
     crash = got["crash"]
     assert crash["phase"] == "RolledBack" and crash["decision"]["reason"].startswith("a staging pod cannot serve")
     assert "pod crash-candidate-" in crash["decision"]["reason"]
-    assert re.search(r"(CrashLoopBackOff, last exit code|exited with code) [1-9]\d* \(Error\)", crash["decision"]["reason"])
+    crashed = r"(CrashLoopBackOff, last exit code|exited with code) [1-9]\d* \(Error\)"
+    assert re.search(crashed, crash["decision"]["reason"])
     unready = got["unready"]
     assert unready["phase"] == "RolledBack", unready
     assert "not Available within 45s" in unready["decision"]["reason"]
