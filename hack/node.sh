@@ -129,12 +129,12 @@ func main() {
 GO
   printf 'module modelrollout.dev/build/pause\n\ngo 1.21\n' >"$src/go.mod"
   (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o pause .)
-  local c; c=$(buildah --storage-driver vfs from scratch)
-  buildah --storage-driver vfs copy "$c" "$src/pause" /pause >/dev/null
-  buildah --storage-driver vfs config --entrypoint '["/pause"]' --user 65535:65535 "$c"
-  buildah --storage-driver vfs commit -q "$c" "$PAUSE_IMAGE" >/dev/null
-  buildah --storage-driver vfs rm "$c" >/dev/null
-  buildah --storage-driver vfs push -q "$PAUSE_IMAGE" "oci-archive:$out.tmp:$PAUSE_IMAGE"
+  local c; c=$("${BUILDAH[@]}" from scratch)
+  "${BUILDAH[@]}" copy "$c" "$src/pause" /pause >/dev/null
+  "${BUILDAH[@]}" config --entrypoint '["/pause"]' --user 65535:65535 "$c"
+  "${BUILDAH[@]}" commit -q "$c" "$PAUSE_IMAGE" >/dev/null
+  "${BUILDAH[@]}" rm "$c" >/dev/null
+  "${BUILDAH[@]}" push -q "$PAUSE_IMAGE" "oci-archive:$out.tmp:$PAUSE_IMAGE"
   mv "$out.tmp" "$out"
 }
 

@@ -248,9 +248,7 @@ class Controller:
         a server that just died is reported by the kubelet a moment after its clients notice."""
         ns, end = self._staging_ns(body, spec), time.monotonic() + settle
         while True:
-            pods = [p for v in ("candidate", "baseline")
-                    for p in await run(self.kube.pods, ns, objects.labels_of(body, v))]
-            found = pod_problems(pods)
+            found = pod_problems(await run(self.kube.pods, ns, objects.staging_selector(body)))
             if found.fatal or time.monotonic() >= end:
                 return found
             await asyncio.sleep(1.0)

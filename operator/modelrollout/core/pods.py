@@ -35,10 +35,10 @@ def _container(pod: str, c: Mapping[str, Any]) -> tuple[str, bool] | None:
     if ended.get("reason") == "OOMKilled":
         return f"{where} was OOMKilled (it reached its memory limit); {restarts} restarts", True
     exited = state.get("terminated") or {}
-    if exited and exited.get("exitCode") not in (0, None) and restarts >= 1:  # it failed again: a crash loop
-        return f"{where} exited with code {exited.get('exitCode')} ({exited.get('reason')}); {restarts} restarts", True
     if exited:
-        return f"{where} exited with code {exited.get('exitCode')} ({exited.get('reason')})", False
+        again = exited.get("exitCode") not in (0, None) and restarts >= 1  # it failed again: a crash loop
+        return f"{where} exited with code {exited.get('exitCode')} ({exited.get('reason')})" + (
+            f"; {restarts} restarts" if again else ""), again
     reason = str(waiting.get("reason") or "")
     if reason in FATAL_WAITING:
         last = f", last exit code {ended.get('exitCode')} ({ended.get('reason')})" if ended else ""

@@ -44,6 +44,10 @@ def _cpu_millis(q: str | None) -> float:
     return float(parse_quantity(q)) * 1000 if q else 0.0
 
 
+def _selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def _mem(q: str | None) -> float:
     return float(parse_quantity(q)) if q else 0.0
 
@@ -195,7 +199,7 @@ class Kube:
     def pods(self, ns: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         """The pods matching `selector`, as dicts (their status tells why one is not serving)."""
         out = self._call(self.core.list_namespaced_pod, ns,
-                         label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+                         label_selector=_selector(selector))
         return [self._dict(p) for p in out.items]
 
     def pod_usage(self, ns: str, selector: Mapping[str, str]) -> list[tuple[float, float]] | None:
@@ -203,7 +207,7 @@ class Kube:
         None when the cluster does not serve that API (no metrics-server, or it is unavailable)."""
         try:
             out = self._call(self.custom.list_namespaced_custom_object, "metrics.k8s.io", "v1beta1", ns, "pods",
-                             label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+                             label_selector=_selector(selector))
         except ApiException as e:
             if e.status in (404, 503):
                 return None

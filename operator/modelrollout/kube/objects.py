@@ -33,8 +33,12 @@ def name_problem(name: str) -> str | None:
 
 
 def labels_of(rollout: Mapping[str, Any], variant: str) -> dict[str, str]:
-    m = rollout["metadata"]
-    return {LABEL_ROLLOUT: m["name"], LABEL_UID: m["uid"], LABEL_VARIANT: variant, LABEL_MANAGED: MANAGER}
+    return {LABEL_ROLLOUT: rollout["metadata"]["name"], **staging_selector(rollout), LABEL_VARIANT: variant}
+
+
+def staging_selector(rollout: Mapping[str, Any]) -> dict[str, str]:
+    """The labels every staging pod of this rollout carries, whichever its variant (canary pods lack the UID)."""
+    return {LABEL_UID: rollout["metadata"]["uid"], LABEL_MANAGED: MANAGER}
 
 
 def owned_by(obj_meta: Mapping[str, Any], uid: str) -> bool:
