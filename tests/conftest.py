@@ -39,6 +39,10 @@ class Cluster:
         """Serve metrics.k8s.io with a real metrics-server, or stop."""
         _controlplane("metrics-api", "on" if on else "off")
 
+    def log_tail(self, name: str, chars: int = 2000) -> str:
+        """The end of one control-plane process's log (kwok, metrics-server, ...), for a failure message."""
+        log = Path(self.kubeconfig).parent / f"{name}.log"
+        return log.read_text(errors="replace")[-chars:] if log.exists() else f"(no {log})"
 
     def real_node(self) -> str:
         """Build the project's image (cached), start the real node, import the image; its name."""

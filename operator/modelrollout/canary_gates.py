@@ -1,26 +1,28 @@
-"""The canary's PromQL gates, confined to the rollout's namespace and safe against any answer.
+"""The Prometheus provider of the canary's live gates: confined to the rollout's namespace, safe
+against any answer.
 
 A gate query is written by the tenant but runs with the operator's Prometheus access, so each
 selector must carry `namespace="<ns>"` (checked on the AST of promql-parser, a port of
 Prometheus' own grammar: a regex can be fooled by strings, comments and nesting). Every other
-outcome (refusal, error, odd result type, broken server) is a failure message, never a pass and
-never an exception that would leave the canary serving.
+outcome (refusal, error, odd result type, broken server) is a measurement that cannot pass, never
+an exception that would leave the canary serving. core/canary.py judges the answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
+from modelrollout.core import canary as analysis
+from modelrollout.core.canary import Sample
 from modelrollout.core.spec import PromQLGate
 
 MAX_MESSAGE = 300
-MAX_LABELS = 120
 # The Rust parser recurses per nesting level and overflows the C stack (a segfault, not an
 # exception) near 5000 levels; nesting is bounded by length, so this keeps a wide margin.
 MAX_QUERY = 1000
@@ -85,55 +87,14 @@ def _scope(label: str, query: str, namespace: str) -> str | None:
     return None
 
 
-def _bound(v: float, g: PromQLGate) -> tuple[float, str] | None:
-    """How far `v` is outside the gate, and which bound it breaks (±Inf compare like numbers)."""
-    if g.min is not None and v < g.min:
-        return g.min - v, f"below the minimum {g.min:g}"
-    if g.max is not None and v > g.max:
-        return v - g.max, f"above the maximum {g.max:g}"
-    return None
-
-
-def _judge(label: str, g: PromQLGate, answer: Any) -> str | None:
-    """The failure for one decoded Prometheus answer; raises only on a malformed answer."""
-    if not isinstance(answer, dict):
-        raise TypeError("not a JSON object")
-    if answer.get("status") != "success":
-        kind, error = answer.get("errorType", "unknown"), answer.get("error", "")
-        return f"{label}: Prometheus refused the query ({kind}: {error})"
-    data = answer["data"]
-    kind, result = data["resultType"], data["result"]
-    if kind == "scalar":
-        v = float(result[1])
-        if math.isnan(v):
-            return f"{label}: inconclusive, the query returned NaN"
-        broken = _bound(v, g)
-        return None if broken is None else f"{label}: {v:.4g} is {broken[1]}"
-    if kind in ("matrix", "string"):
-        return f"{label}: inconclusive, the query must return an instant vector or a scalar, got {kind}"
-    if kind != "vector" or not isinstance(result, list):
-        raise TypeError("unknown result type")
-    if not result:
-        return f"{label}: inconclusive, the query returned no data"
-    values = [(float(s["value"][1]), s["metric"]) for s in result]
-    failing = [(b, v, m) for v, m in values if (b := _bound(v, g)) is not None]
-    if failing:
-        (_, why), v, _ = max(failing, key=lambda f: f[0][0])
-        first = ", ".join(f"{k}={json.dumps(str(val))}" for k, val in dict(failing[0][2]).items())
-        return (f"{label}: {len(failing)} of {len(values)} series out of bounds, worst {v:.4g} is {why}; "
-                f"first: {{{_cap(first, MAX_LABELS)}}}")
-    nans = sum(math.isnan(v) for v, _ in values)
-    return f"{label}: inconclusive, {nans} of {len(values)} series are NaN" if nans else None
-
-
-async def _gate(s: aiohttp.ClientSession, url: str, i: int, g: PromQLGate, namespace: str,
-                timeout: float) -> str | None:
-    label = g.name or f"promotion.gates[{i}]"
-    refused = _scope(label, g.query, namespace)
+async def _query(s: aiohttp.ClientSession, url: str, name: str, query: str, namespace: str,
+                 timeout: float) -> Sample:
+    """One query's answer; refusals and failures become a Sample's error, never an exception."""
+    refused = _scope(name, query, namespace)
     if refused is not None:
-        return refused
+        return Sample(refused=refused.removeprefix(f"{name}: "))
     # Prometheus stops evaluating at `timeout`; the client waits a little longer to read its answer
-    params = {"query": g.query, "timeout": f"{max(1, round(timeout * 1000))}ms"}
+    params = {"query": query, "timeout": f"{max(1, round(timeout * 1000))}ms"}
     status = 0
     try:
         async with s.get(url + "/api/v1/query", params=params,
@@ -142,31 +103,33 @@ async def _gate(s: aiohttp.ClientSession, url: str, i: int, g: PromQLGate, names
             async for chunk in r.content.iter_chunked(1 << 16):
                 body += chunk
                 if len(body) > MAX_ANSWER:
-                    return f"{label}: inconclusive, the answer is larger than {MAX_ANSWER >> 20} MiB"
+                    return Sample(problem=f"the answer is larger than {MAX_ANSWER >> 20} MiB")
         answer = json.loads(body)
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError, RecursionError) as e:
-        return f"{label}: Prometheus query failed ({type(e).__name__}{f', HTTP {status}' if status else ''})"
-    try:
-        return _judge(label, g, answer)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-        return f"{label}: inconclusive, Prometheus answered malformed data ({type(e).__name__})"
+        return Sample(error=f"Prometheus query failed ({type(e).__name__}{f', HTTP {status}' if status else ''})")
+    return analysis.sample(answer)
 
 
-async def check(prometheus_url: str | None, gates: Sequence[PromQLGate], namespace: str, *,
-                timeout: float = 10.0, session: aiohttp.ClientSession | None = None) -> list[str]:
-    """Failure messages of the live gates (empty = all passed)."""
-    if not gates:
-        return []
+async def measure(prometheus_url: str | None, gates: Sequence[PromQLGate], due: Sequence[int], namespace: str,
+                  since: float, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """One measurement of each due gate (queries run concurrently), judged by core/canary.py."""
+    at = datetime.now(UTC)
+
+    async def one(s: aiohttp.ClientSession | None, i: int) -> dict[str, Any]:
+        g, name = gates[i], analysis.label(i, gates[i])
+        if not prometheus_url:
+            samples = {"canary": Sample(refused=NO_PROMETHEUS)}
+        elif not namespace:  # `namespace=""` would select every series without the label
+            samples = {"canary": Sample(refused="no namespace to confine the queries to")}
+        else:
+            assert s is not None
+            url = prometheus_url.rstrip("/")
+            found = await asyncio.gather(*(_query(s, url, name, q, namespace, timeout)
+                                           for q in analysis.queries(g).values()))
+            samples = dict(zip(analysis.queries(g), found, strict=True))
+        return analysis.judge(i, g, samples, at, since)
+
     if not prometheus_url:
-        return [NO_PROMETHEUS]
-    if not namespace:  # `namespace=""` would select every series without the label
-        return ["promotion.gates: no namespace to confine the queries to"]
-    url = prometheus_url.rstrip("/")
-    own = session is None
-    s = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout + 5))
-    try:
-        found = await asyncio.gather(*(_gate(s, url, i, g, namespace, timeout) for i, g in enumerate(gates)))
-    finally:
-        if own:
-            await s.close()
-    return [_cap(f) for f in found if f is not None]
+        return [await one(None, i) for i in due]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout + 5)) as s:
+        return list(await asyncio.gather(*(one(s, i) for i in due)))

@@ -21,6 +21,7 @@ import aiohttp
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout import canary_gates, holdout_source
+from modelrollout.core import canary as analysis
 from modelrollout.core.decide import (
     ANNOTATION_ABORT,
     ANNOTATION_APPROVE,
@@ -28,10 +29,10 @@ from modelrollout.core.decide import (
     TERMINAL,
     Observed,
     Step,
-    after_canary_check,
     canary_replicas,
     candidate_template,
     decide,
+    measurements,
 )
 from modelrollout.core.pods import PodProblems, pod_problems
 from modelrollout.core.quality import DataError
@@ -330,15 +331,12 @@ class Controller:
             await run(self.kube.apply, objects.canary_deployment(body, target, cand, replicas), meta["uid"])
             old = status.get("canary") or {}
             if old.get("step") != i or not old.get("startedAt"):
-                patch["canary"] = {"step": i, "weight": w, "replicas": replicas, "startedAt": iso(now())}
-        elif a == "check_canary" and spec is not None and step.canary_step is not None:
-            try:
-                failures = await canary_gates.check(self.settings.prometheus_url, spec.promotion.gates, ns)
-            except Exception as e:  # never leave a canary serving because a check raised
-                failures = [f"the live gates could not be checked ({type(e).__name__}: {cap(str(e), 200)})"]
-            # the next canary step starts its own clock; promotion and rollback need no canary state
-            nxt = after_canary_check(spec, step.canary_step, failures)
-            await self.apply(body, spec, {**status, "canary": None}, nxt, target)
+                t = iso(now())
+                records = [*_closed(old.get("steps") or [], "Passed"),
+                           {"step": i + 1, "weight": w, "startedAt": t, "outcome": "Running", "measurements": []}]
+                patch["canary"] = {"step": i, "weight": w, "replicas": replicas, "startedAt": t, "steps": records}
+        elif a == "measure" and spec is not None and step.canary_step is not None:
+            await self._measure(body, spec, status, step.canary_step, target)
             return
         elif a == "promote" and spec is not None and target is not None:
             prev = status.get("previousTemplate") or target["spec"]["template"]
@@ -348,6 +346,8 @@ class Controller:
                 # production changes here only
                 await run(self.kube.replace_template, ns, spec.target_ref.name, cand, target["metadata"]["uid"])
             patch["promotedTemplateHash"] = objects.template_hash(cand)
+            if (status.get("canary") or {}).get("steps"):
+                patch["canary"] = {**status["canary"], "steps": _closed(status["canary"]["steps"], "Passed")}
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "Promoted", "reason": step.message, "at": iso(now())}
         elif a == "rollback":
@@ -355,6 +355,8 @@ class Controller:
             await self._restore(body, spec, status, target)
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "RolledBack", "reason": step.message, "at": iso(now())}
+            if (status.get("canary") or {}).get("steps"):  # the step that stopped says why
+                patch["canary"] = {**status["canary"], "steps": _closed(status["canary"]["steps"], step.reason)}
         elif a == "fail":
             self._forget(meta["uid"])
             await self._cleanup(body, spec, status)
@@ -424,6 +426,33 @@ class Controller:
         self._forget(body["metadata"]["uid"])
         self.phases.pop(body["metadata"]["uid"], None)
         self.metrics.forget(body["metadata"]["name"], body["metadata"]["namespace"])
+
+    async def _measure(self, body: Mapping[str, Any], spec: ModelRolloutSpec, status: dict[str, Any], i: int,
+                       target: Mapping[str, Any] | None) -> None:
+        """Take the due live-gate measurements of canary step `i`, record them, then decide again."""
+        meta = body["metadata"]
+        canary = dict(status.get("canary") or {})
+        since = (now() - datetime.fromisoformat(str(canary["startedAt"]).replace("Z", "+00:00"))).total_seconds()
+        taken = measurements(status, i)
+        gates, pause = spec.promotion.gates, spec.promotion.canary.steps[i].pause
+        try:
+            new = await canary_gates.measure(self.settings.prometheus_url, gates,
+                                             analysis.due(gates, pause, since, taken), meta["namespace"], since)
+        except Exception as e:  # never leave a canary serving because a measurement raised
+            new = [analysis.judge(d, gates[d], {"canary": analysis.Sample(
+                error=f"the measurement raised {type(e).__name__}: {cap(str(e), 100)}")}, now(), since)
+                for d in analysis.due(gates, pause, since, taken)]
+        taken = [*taken, *new]
+        result, _ = analysis.outcome(gates, taken)
+        records = [r for r in canary.get("steps") or [] if r.get("step") != i + 1]
+        record = next((r for r in canary.get("steps") or [] if r.get("step") == i + 1), {"step": i + 1})
+        canary["steps"] = [*records, {**record, "outcome": str(result), "measurements": taken}]
+        await run(self.kube.patch_status, meta["namespace"], meta["name"], {"canary": canary})
+        self.metrics.canary(meta["name"], meta["namespace"], i + 1, taken)
+        status = {**status, "canary": canary}
+        obs = Observed(generation=int(meta.get("generation", 1)), now=now(),
+                       annotations=dict(meta.get("annotations") or {}), canary_available=True)
+        await self.apply(body, spec, status, decide(spec, status, obs), target)
 
     # --- evaluation and canary checks ------------------------------------------------------
     def _start_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec, status: Mapping[str, Any]) -> None:
@@ -531,6 +560,13 @@ class Controller:
             return usage, server, "metrics.k8s.io"
         except (RuntimeError, OSError, aiohttp.ClientError, TimeoutError):
             return usage, usage, "metrics.k8s.io"
+
+
+def _closed(records: list[dict[str, Any]], outcome: str) -> list[dict[str, Any]]:
+    """The canary step records with the last one, if still Running, closed with `outcome`."""
+    if records and records[-1].get("outcome") == "Running":
+        return [*records[:-1], {**records[-1], "outcome": outcome}]
+    return list(records)
 
 
 def _queue_key(meta: Mapping[str, Any]) -> tuple[str, str, str]:

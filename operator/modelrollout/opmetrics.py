@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from modelrollout.core.decide import TERMINAL
@@ -9,6 +12,7 @@ from modelrollout.exporter import FigureExporter, forget_series
 
 PHASES = ("Pending", "Waiting", "Staging", "Evaluating", "AwaitingApproval", "Canary", "Promoted", "RolledBack",
           "Failed")
+
 
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry):
@@ -28,10 +32,34 @@ class OperatorMetrics:
         self.api_requests = Counter("modelrollout_kubernetes_api_requests_total",
                                     "Kubernetes API calls made by the controller (besides kopf's watches).",
                                     registry=registry)
+        live = ["rollout", "namespace", "gate", "step"]
+        self.canary_value = Gauge("modelrollout_canary_gate_value",
+                                  "The last measurement of a live gate at a canary step (variant: canary, or "
+                                  "production for a relative gate).", [*live, "variant"], registry=registry)
+        self.canary_threshold = Gauge("modelrollout_canary_gate_threshold", "The bound a live gate was judged by.",
+                                      [*live, "bound"], registry=registry)
+        self.canary_measurements = Gauge("modelrollout_canary_gate_measurements",
+                                         "Measurements of a live gate at a canary step, by verdict.",
+                                         [*live, "verdict"], registry=registry)
+
+    def canary(self, name: str, ns: str, step: int, taken: list[Mapping[str, Any]]) -> None:
+        """Export the measurements of one canary step, as status.canary.steps[] records them."""
+        counts: dict[tuple[str, str], int] = {}
+        for m in taken:
+            gate = str(m["gate"])
+            for variant, key in (("canary", "value"), ("production", "productionValue")):
+                if m.get(key) is not None:
+                    self.canary_value.labels(name, ns, gate, str(step), variant).set(float(m[key]))
+            if m.get("threshold") is not None:
+                self.canary_threshold.labels(name, ns, gate, str(step), str(m.get("bound"))).set(
+                    float(m["threshold"]))
+            counts[gate, str(m["verdict"])] = counts.get((gate, str(m["verdict"])), 0) + 1
+        for (gate, verdict), n in counts.items():
+            self.canary_measurements.labels(name, ns, gate, str(step), verdict).set(n)
 
     def forget(self, name: str, ns: str) -> None:
         """A deleted rollout leaves no series behind (its phase gauge would keep ModelRolloutStuck firing)."""
-        forget_series([self.phase], name, ns)
+        forget_series([self.phase, self.canary_value, self.canary_threshold, self.canary_measurements], name, ns)
         self.figures.forget(name, ns)
 
     def set_phase(self, name: str, ns: str, phase: str) -> None:

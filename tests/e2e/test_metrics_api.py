@@ -44,7 +44,8 @@ def test_memory_comes_from_metrics_api_when_the_cluster_serves_it(metrics_api: N
         if raw and len(json.loads(raw).get("items", [])) == 2:
             break
         time.sleep(2)
-    assert raw and len(json.loads(raw)["items"]) == 2, f"metrics.k8s.io never listed production's 2 pods: {raw}"
+    assert raw and len(json.loads(raw)["items"]) == 2, (
+        f"metrics.k8s.io never listed production's 2 pods: {raw}\n{scenario.cluster.log_tail('metrics-server')}")
     before = scenario.template()
     cand, base = scenario.op.serve(models.good), scenario.op.serve(models.production)
     assert server_rss_mib(cand) < 512 and server_rss_mib(base) < 512  # the server's own figure would pass

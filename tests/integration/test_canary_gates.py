@@ -1,8 +1,9 @@
-"""Canary PromQL gates against Debian's real Prometheus, scraping a real prometheus_client exporter.
+"""Canary live gates against Debian's real Prometheus, scraping a real prometheus_client exporter.
 
 Two tenants' series share one Prometheus, as in a shared cluster: the gates of namespace "a" must
-never read namespace "b", must judge every series they get, and must fail (never raise, never
-pass) on whatever Prometheus or a broken server answers.
+never read namespace "b", must judge every series they get, must compare the canary with
+production in relative gates, and must never pass (nor raise) on whatever Prometheus or a broken
+server answers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from modelrollout import canary_gates
-from modelrollout.canary_gates import NO_PROMETHEUS, check
+from modelrollout.canary_gates import NO_PROMETHEUS, measure
+from modelrollout.core import canary as analysis
 from modelrollout.core.spec import PromQLGate
 from tests.integration.conftest import free_port
 
@@ -49,6 +51,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     errors.labels("a", "p2").set(0.5)
     errors.labels("b", "").set(0.0)
     Gauge("idle_ratio", "zero, to divide by", ["namespace"], registry=registry).labels("a").set(0)
+    variants = Gauge("request_error_ratio", "per variant", ["namespace", "variant"], registry=registry)
+    variants.labels("a", "canary").set(0.05)  # the canary fails 5 % of requests, production none
+    variants.labels("a", "production").set(0.0)
     exporter_port = free_port()
     exporter, _ = start_http_server(exporter_port, addr="127.0.0.1", registry=registry)
     folder: Path = tmp_path_factory.mktemp("canary-prometheus")
@@ -64,7 +69,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:  # two samples of each series, so that rate() has data too
             try:
-                if len(_query(url, "count_over_time({__name__=~\"errors_ratio|idle_ratio\"}[1m]) >= 2")) == 4:
+                if len(_query(url, "count_over_time({__name__=~\".*_ratio\"}[1m]) >= 2")) == 6:
                     break
             except OSError:
                 pass
@@ -77,17 +82,29 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         exporter.shutdown()
 
 
+async def check(url: str | None, gates: list[PromQLGate], namespace: str, timeout: float = 10.0) -> list[str]:
+    """One measurement of every gate; the messages of those that did not pass."""
+    taken = await measure(url, gates, range(len(gates)), namespace, 0.0, timeout=timeout)
+    assert all((m["verdict"] == "Pass") == (m["verdict"] not in ("Fail", "Inconclusive", "Error")) for m in taken)
+    return [m["message"] for m in taken if m["verdict"] != "Pass"]
+
+
 def run(url: str | None, query: str, *, min: float | None = None, max: float | None = None,
         namespace: str = "a", **kw: Any) -> list[str]:
     gate = PromQLGate(name="g", query=query, min=min, max=max)
     return asyncio.run(check(url, [gate], namespace, **kw))
 
 
+def verdict(url: str, **gate: Any) -> dict[str, Any]:
+    [m] = asyncio.run(measure(url, [PromQLGate(name="g", **gate)], [0], "a", 0.0))
+    return m
+
+
 def test_scoped_queries_pass_or_fail_on_their_bounds(prometheus: str) -> None:
     assert run(prometheus, 'max(errors_ratio{namespace="a"})', max=0.6) == []
     assert run(prometheus, 'errors_ratio{namespace="a",pod="p1"}', min=0, max=0.01) == []
     assert run(prometheus, 'max(errors_ratio{namespace="a"})', max=0.1) == [
-        'g: 1 of 1 series out of bounds, worst 0.5 is above the maximum 0.1; first: {}']
+        "g: value 0.5000 is above the maximum 0.1000"]
     # namespace "b" is all zeros: its own gate passes where "a"'s fails, so scoping is not by accident
     assert run(prometheus, 'max(errors_ratio{namespace="b"})', max=0.1, namespace="b") == []
 
@@ -95,12 +112,39 @@ def test_scoped_queries_pass_or_fail_on_their_bounds(prometheus: str) -> None:
 def test_every_series_of_a_vector_is_checked(prometheus: str) -> None:
     """The old check read result[0] only: a bad second series passed."""
     [msg] = run(prometheus, 'errors_ratio{namespace="a"}', max=0.01)
-    assert msg.startswith("g: 1 of 2 series out of bounds, worst 0.5 is above the maximum 0.01; first: {")
+    assert msg.startswith("g: 1 of 2 series out of bounds; worst {")
+    assert msg.endswith("}: value 0.5000 is above the maximum 0.0100")
     assert 'pod="p2"' in msg and 'namespace="a"' in msg and "p1" not in msg
     [msg] = run(prometheus, 'errors_ratio{namespace="a"}', min=0.01)
-    assert "1 of 2 series" in msg and "worst 0.001 is below the minimum 0.01" in msg and 'pod="p1"' in msg
+    assert "1 of 2 series" in msg and "value 0.0010 is below the minimum 0.0100" in msg and 'pod="p1"' in msg
     [msg] = run(prometheus, 'errors_ratio{namespace="a"}', min=0.6)
-    assert "2 of 2 series" in msg and "worst 0.001" in msg
+    assert "2 of 2 series" in msg and "value 0.0010" in msg
+    # the worst series is what status records
+    m = verdict(prometheus, query='errors_ratio{namespace="a"}', max=0.01)
+    assert (m["verdict"], m["value"], m["threshold"], m["bound"]) == ("Fail", 0.5, 0.01, "max")
+
+
+def test_a_relative_gate_catches_a_canary_worse_than_production(prometheus: str) -> None:
+    query = 'sum(request_error_ratio{namespace="a",variant="{{variant}}"})'
+    m = verdict(prometheus, query=query, max_increase=0.01)
+    assert (m["verdict"], m["value"], m["productionValue"], m["bound"]) == ("Fail", 0.05, 0.0, "maxIncrease")
+    assert m["message"] == "g: value increases by 0.0500 against production (0 → 0.0500); at most 0.0100 allowed"
+    m = verdict(prometheus, query=query, max_increase_percent=50)
+    assert m["verdict"] == "Fail" and "production is 0 and the canary is 0.05" in m["message"]
+    assert verdict(prometheus, query=query, max_increase=0.1)["verdict"] == "Pass"
+    # one series per variant, or the comparison is undefined
+    m = verdict(prometheus, query='request_error_ratio{namespace="a"} + 0 * '
+                                  'scalar(sum(request_error_ratio{namespace="a",variant="{{variant}}"}))',
+                max_increase=1)
+    assert m["verdict"] == "Inconclusive" and "one series per variant" in m["message"]
+
+
+@pytest.mark.parametrize(("on_no_data", "expected"), [("Inconclusive", "Inconclusive"), ("Fail", "Fail")])
+def test_no_data_follows_the_gates_policy(prometheus: str, on_no_data: str, expected: str) -> None:
+    for q in ('errors_ratio{namespace="a",pod="nope"}', 'idle_ratio{namespace="a"} / idle_ratio{namespace="a"}',
+              'scalar(idle_ratio{namespace="a"} / idle_ratio{namespace="a"})'):
+        m = verdict(prometheus, query=q, max=1, on_no_data=on_no_data)
+        assert (m["verdict"], m["message"]) == (expected, "g: no data (an empty result or NaN)"), q
 
 
 @pytest.mark.parametrize(("query", "missing"), [
@@ -145,27 +189,26 @@ def test_matrix_selectors_and_subqueries_inside_functions_are_accepted(prometheu
 def test_scalar_results_are_checked(prometheus: str) -> None:
     assert run(prometheus, 'scalar(sum(errors_ratio{namespace="a"}))', max=1) == []
     assert run(prometheus, 'scalar(sum(errors_ratio{namespace="a"}))', max=0.1) == [
-        "g: 0.501 is above the maximum 0.1"]
+        "g: value 0.5010 is above the maximum 0.1000"]
     assert run(prometheus, "vector(1)", max=2) == []  # no selector: nothing to confine
 
 
 def test_infinity_is_compared_like_a_number(prometheus: str) -> None:
     ratio = 'sum(errors_ratio{namespace="a"}) / sum(idle_ratio{namespace="a"})'
-    assert run(prometheus, ratio, max=1) == [
-        "g: 1 of 1 series out of bounds, worst inf is above the maximum 1; first: {}"]
-    assert run(prometheus, f"-{ratio}", min=0) == [
-        "g: 1 of 1 series out of bounds, worst -inf is below the minimum 0; first: {}"]
+    assert run(prometheus, ratio, max=1) == ["g: value inf is above the maximum 1"]
+    assert run(prometheus, f"-{ratio}", min=0) == ["g: value -inf is below the minimum 0"]
 
 
 @pytest.mark.parametrize(("query", "expected"), [
-    ('errors_ratio{namespace="a"}[1m]', f"g: inconclusive, {SHAPE}, got matrix"),
-    ('"a string"', f"g: inconclusive, {SHAPE}, got string"),
-    ('errors_ratio{namespace="a",pod="nope"}', "g: inconclusive, the query returned no data"),
-    ('idle_ratio{namespace="a"} / idle_ratio{namespace="a"}', "g: inconclusive, 1 of 1 series are NaN"),
-    ('scalar(idle_ratio{namespace="a"} / idle_ratio{namespace="a"})', "g: inconclusive, the query returned NaN"),
+    ('errors_ratio{namespace="a"}[1m]', f"g: {SHAPE}, got matrix"),
+    ('"a string"', f"g: {SHAPE}, got string"),
+    ('errors_ratio{namespace="a",pod="nope"}', "g: no data (an empty result or NaN)"),
+    ('idle_ratio{namespace="a"} / idle_ratio{namespace="a"}', "g: no data (an empty result or NaN)"),
+    ('scalar(idle_ratio{namespace="a"} / idle_ratio{namespace="a"})', "g: no data (an empty result or NaN)"),
 ])
 def test_results_that_cannot_be_judged_are_inconclusive(prometheus: str, query: str, expected: str) -> None:
     assert run(prometheus, query, max=1) == [expected]
+    assert verdict(prometheus, query=query, max=1)["verdict"] == "Inconclusive"
 
 
 def test_prometheus_errors_are_failures_with_their_error_type(prometheus: str) -> None:
@@ -188,12 +231,12 @@ def test_prometheus_stops_a_slow_query_at_the_timeout(prometheus: str) -> None:
 def test_unreachable_or_unconfigured_prometheus_fails() -> None:
     assert run(f"http://127.0.0.1:{free_port()}", 'x{namespace="a"}', max=1) == [
         "g: Prometheus query failed (ClientConnectorError)"]
-    assert run(None, 'x{namespace="a"}', max=1) == [NO_PROMETHEUS]
-    assert run("", 'x{namespace="a"}', max=1) == [NO_PROMETHEUS]
+    assert run(None, 'x{namespace="a"}', max=1) == [f"g: {NO_PROMETHEUS}"]
+    assert run("", 'x{namespace="a"}', max=1) == [f"g: {NO_PROMETHEUS}"]
     assert "MODELROLLOUT_PROMETHEUS_URL" in NO_PROMETHEUS
     assert asyncio.run(check(None, [], "a")) == []
     assert run("http://127.0.0.1:1", 'x{namespace=""}', max=1, namespace="") == [
-        "promotion.gates: no namespace to confine the queries to"]
+        "g: no namespace to confine the queries to"]
 
 
 def test_a_query_the_parser_cannot_take_is_refused_not_crashed() -> None:
@@ -212,7 +255,7 @@ def test_messages_are_capped_and_labelled(prometheus: str) -> None:
     gates = [PromQLGate(name="n" * 1000, query='errors_ratio{namespace="a"}', max=0.01),
              PromQLGate(query='label_replace(errors_ratio{namespace="a"}, "pod", "' + "z" * 900 + '", "", "")', max=1)]
     msgs = asyncio.run(check(prometheus, gates, "a"))
-    assert len(msgs) == 2 and all(len(m) <= canary_gates.MAX_MESSAGE for m in msgs)
+    assert len(msgs) == 2 and all(len(m) <= analysis.MAX_MESSAGE for m in msgs)
     assert msgs[0].startswith("nnnn") and msgs[1].startswith("promotion.gates[1]: Prometheus refused the query")
 
 
@@ -264,13 +307,13 @@ async def fake(delay: dict[str, float]) -> AsyncIterator[tuple[str, list[str]]]:
     ("garbage", "g: Prometheus query failed (JSONDecodeError, HTTP 200)"),
     ("html", "g: Prometheus query failed (JSONDecodeError, HTTP 200)"),
     ("500", "g: Prometheus query failed (JSONDecodeError, HTTP 500)"),
-    ("list", "g: inconclusive, Prometheus answered malformed data (TypeError)"),
-    ("no-data", "g: inconclusive, Prometheus answered malformed data (KeyError)"),
-    ("value-shape", "g: inconclusive, Prometheus answered malformed data (ValueError)"),
-    ("metric-shape", "g: inconclusive, Prometheus answered malformed data (TypeError)"),
-    ("odd-type", "g: inconclusive, Prometheus answered malformed data (TypeError)"),
+    ("list", "g: Prometheus answered malformed data (TypeError)"),
+    ("no-data", "g: Prometheus answered malformed data (KeyError)"),
+    ("value-shape", "g: Prometheus answered malformed data (ValueError)"),
+    ("metric-shape", "g: Prometheus answered malformed data (TypeError)"),
+    ("odd-type", "g: Prometheus answered malformed data (TypeError)"),
     ("deep", "g: Prometheus query failed (RecursionError, HTTP 200)"),
-    ("huge", f"g: inconclusive, the answer is larger than {canary_gates.MAX_ANSWER >> 20} MiB"),
+    ("huge", f"g: the answer is larger than {canary_gates.MAX_ANSWER >> 20} MiB"),
     ("slow", "g: Prometheus query failed (TimeoutError)"),
 ])
 def test_a_broken_server_gives_failures_not_exceptions(name: str, expected: str) -> None:
@@ -295,4 +338,4 @@ def test_an_error_without_a_type_is_capped() -> None:
         async with fake({}) as (url, _):
             return await check(f"{url}/error-no-type", [PromQLGate(name="g", query="vector(1)", max=1)], "a")
     [msg] = asyncio.run(go())
-    assert msg.startswith("g: Prometheus refused the query (unknown: xxx") and len(msg) == canary_gates.MAX_MESSAGE
+    assert msg.startswith("g: Prometheus refused the query (unknown: xxx") and len(msg) == analysis.MAX_MESSAGE

@@ -7,7 +7,6 @@ from typing import Any
 
 from modelrollout.core.decide import (
     Observed,
-    after_canary_check,
     canary_replicas,
     candidate_template,
     decide,
@@ -83,16 +82,29 @@ def test_an_old_evaluation_never_promotes_a_new_spec() -> None:
     assert (s.action, s.reason) == ("restart", "SpecChanged") and "generation 2" in s.message
 
 
-def test_canary_pause_then_check_then_next_step_or_promote() -> None:
-    sp = spec(canary={"steps": [{"weight": 10, "pause": "1m"}, {"weight": 50, "pause": "1m"}]})
-    st: dict[str, Any] = {"phase": "Canary", "observedGeneration": 1, "canary": {"step": 0, "startedAt": ago(30)}}
+def test_canary_measures_during_the_pause_then_next_step_or_promote() -> None:
+    sp = spec(canary={"steps": [{"weight": 10, "pause": "1m"}, {"weight": 50, "pause": "1m"}]},
+              gates=[{"name": "errors", "query": 'e{namespace="a"}', "max": 0, "count": 2}])
+    st: dict[str, Any] = {"phase": "Canary", "observedGeneration": 1, "canary": {"step": 0, "startedAt": ago(29)}}
     assert decide(sp, st, obs(canary_available=True)).action == "wait"
-    st["canary"]["startedAt"] = ago(61)
-    assert decide(sp, st, obs(canary_available=True)).action == "check_canary"
-    assert after_canary_check(sp, 0, []).canary_step == 1
-    assert after_canary_check(sp, 1, []).action == "promote"
-    s = after_canary_check(sp, 0, ["no-errors: 3 is above the maximum 0"])
+    st["canary"]["startedAt"] = ago(30)
+    assert decide(sp, st, obs(canary_available=True)).action == "measure"
+    first = {"index": 0, "verdict": "Pass", "since": 30}
+    st["canary"]["steps"] = [{"step": 1, "measurements": [first]}]
+    s = decide(sp, st, obs(canary_available=True))
+    assert s.action == "wait" and "measuring" in s.message
+    st["canary"]["startedAt"] = ago(60)
+    assert decide(sp, st, obs(canary_available=True)).action == "measure"
+    st["canary"]["steps"] = [{"step": 1, "measurements": [first, {**first, "since": 60}]}]
+    assert decide(sp, st, obs(canary_available=True)).canary_step == 1
+    st["canary"] = {"step": 1, "startedAt": ago(61), "steps": [{"step": 2, "measurements": [first, first]}]}
+    assert decide(sp, st, obs(canary_available=True)).action == "promote"
+    st["canary"]["steps"] = [{"step": 2, "measurements": [{**first, "verdict": "Fail", "message": "errors: 3"}]}]
+    s = decide(sp, st, obs(canary_available=True))
     assert (s.action, s.reason) == ("rollback", "CanaryGateFailed") and "production restored" in s.message
+    assert "canary step 2" in s.message and "errors: 3" in s.message
+    st["canary"]["steps"] = [{"step": 2, "measurements": [{**first, "verdict": "Error", "message": "down"}]}]
+    assert decide(sp, st, obs(canary_available=True)).reason == "CanaryInconclusive"
 
 
 def test_abort_wins_in_any_active_phase_and_terminal_phases_stay() -> None:

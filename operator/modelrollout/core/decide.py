@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from modelrollout.core import canary as analysis
 from modelrollout.core.pods import PodProblems
 from modelrollout.core.spec import ModelRolloutSpec
 
@@ -21,10 +22,10 @@ ANNOTATION_APPROVE = "modelrollout.dev/approve"
 ANNOTATION_ABORT = "modelrollout.dev/abort"
 ANNOTATION_RETRY = "modelrollout.dev/retry"
 TERMINAL = frozenset({"Promoted", "RolledBack", "Failed"})
-CANARY_CHECK_GRACE = 300.0  # seconds a canary step may spend checking its live gates after its pause
+CANARY_CHECK_GRACE = 300.0  # seconds a canary step may overrun its measurements (slow or unreachable Prometheus)
 
 Action = Literal[
-    "none", "wait", "fail", "stage", "evaluate", "await_approval", "canary", "check_canary", "promote",
+    "none", "wait", "fail", "stage", "evaluate", "await_approval", "canary", "measure", "promote",
     "rollback", "restart",
 ]
 
@@ -162,35 +163,45 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
         since = _elapsed(status, ("canary", "startedAt"), obs.now)
         if since is None or obs.canary_available is None:
             return Step("canary", "Canary", "CanaryStep", f"canary step {i + 1}: candidate at {steps[i].weight}%", i)
-        waited = since
-        if waited > steps[i].pause + ready_timeout + CANARY_CHECK_GRACE:
+        gates, pause = spec.promotion.gates, steps[i].pause
+        if since > analysis.duration(gates, pause) + ready_timeout + CANARY_CHECK_GRACE:
             return Step("rollback", "RolledBack", "CanaryTimeout",
-                        f"canary step {i + 1} did not finish within its pause + staging.readyTimeout + "
+                        f"canary step {i + 1} did not finish within its measurements + staging.readyTimeout + "
                         f"{CANARY_CHECK_GRACE:g}s; production restored")
         if not obs.canary_available:
-            if waited > ready_timeout:
+            if since > ready_timeout:
                 return Step("rollback", "RolledBack", "CanaryNotReady",
                             f"canary step {i + 1} was not Available within {ready_timeout:g}s; production restored")
             return Step("wait", "Canary", "CanaryStep", f"canary step {i + 1}: waiting for the canary replicas", i)
-        if waited < steps[i].pause:
-            return Step("wait", "Canary", "CanaryStep",
-                        f"canary step {i + 1}: candidate at {steps[i].weight}%, "
-                        f"{steps[i].pause - waited:.0f}s of the pause left", i)
-        return Step("check_canary", "Canary", "CanaryStep", f"canary step {i + 1}: checking live gates", i)
+        taken = measurements(status, i)
+        result, why = analysis.outcome(gates, taken)
+        if result is analysis.StepOutcome.FAILED:
+            return Step("rollback", "RolledBack", "CanaryGateFailed",
+                        f"canary step {i + 1}: {why}; production restored")
+        if result is analysis.StepOutcome.INCONCLUSIVE:
+            return Step("rollback", "RolledBack", "CanaryInconclusive",
+                        f"canary step {i + 1}: {why}; production restored")
+        if analysis.due(gates, pause, since, taken):
+            return Step("measure", "Canary", "CanaryStep", f"canary step {i + 1}: measuring live gates", i)
+        if result is analysis.StepOutcome.PASSED and since >= pause:
+            if i + 1 < len(steps):
+                return Step("canary", "Canary", "CanaryStep",
+                            f"canary step {i + 2}: candidate at {steps[i + 1].weight}% of replicas", i + 1)
+            return Step("promote", "Promoted", "Promoted",
+                        "every canary step passed; the target now runs the candidate")
+        left = max(pause - since, 0.0)
+        return Step("wait", "Canary", "CanaryStep", f"canary step {i + 1}: candidate at {steps[i].weight}%, "
+                    f"{left:.0f}s of the pause left, live gates {why}", i)
 
     return Step("wait", phase, "Unknown", f"unknown phase {phase!r}")
 
 
-def after_canary_check(spec: ModelRolloutSpec, step: int, failures: Sequence[str]) -> Step:
-    """The step after the live gates of canary step `step` were checked."""
-    if failures:
-        return Step("rollback", "RolledBack", "CanaryGateFailed",
-                    f"canary step {step + 1}: " + "; ".join(failures) + "; production restored")
-    steps = spec.promotion.canary.steps
-    if step + 1 < len(steps):
-        return Step("canary", "Canary", "CanaryStep",
-                    f"canary step {step + 2}: candidate at {steps[step + 1].weight}% of replicas", step + 1)
-    return Step("promote", "Promoted", "Promoted", "every canary step passed; the target now runs the candidate")
+def measurements(status: Mapping[str, Any], step: int) -> list[Mapping[str, Any]]:
+    """The live-gate measurements recorded so far at canary step `step` (0-based)."""
+    for record in (status.get("canary") or {}).get("steps") or []:
+        if record.get("step") == step + 1:
+            return list(record.get("measurements") or [])
+    return []
 
 
 def canary_replicas(production_replicas: int, weight: int) -> int:

@@ -54,8 +54,8 @@ class SpecError(ValueError):
 
 
 def _err(kind: str, message: str) -> PydanticCustomError:
-    """A validation error whose message is already formatted (braces escaped)."""
-    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
+    """A validation error whose message is already formatted (without a context pydantic formats nothing)."""
+    return PydanticCustomError(kind, message)
 
 
 def _bounded(kind: str, parse: Any, most: float, show: Any) -> Any:
@@ -86,6 +86,7 @@ def _bytes(most: float) -> Any:
 
 
 MINUTE, HOUR, MIB = 60.0, 3600.0, float(2**20)
+MAX_MEASUREMENTS, MAX_RECORDED = 20, 400  # per live gate and step; in all (they are kept in status)
 Name = Annotated[str, Field(min_length=1, max_length=253)]
 
 
@@ -257,17 +258,36 @@ class Gate(_Model):
 
 
 class PromQLGate(_Model):
+    """A live gate of the canary steps: its query, bounds, and how often and how strictly it is measured."""
+
     name: str | None = None
     query: Annotated[str, Field(min_length=1)]
     min: float | None = None
     max: float | None = None
+    max_increase: float | None = Field(None, ge=0)
+    max_increase_percent: float | None = Field(None, ge=0)
+    interval: Annotated[float, _dur(24 * HOUR)] | None = None
+    count: int = Field(1, ge=1, le=MAX_MEASUREMENTS)
+    failure_limit: int = Field(0, ge=0)
+    inconclusive_limit: int = Field(0, ge=0)
+    on_no_data: Literal["Fail", "Inconclusive"] = "Inconclusive"
+    dry_run: bool = False
+
+    @property
+    def relative(self) -> bool:
+        return self.max_increase is not None or self.max_increase_percent is not None
 
     @model_validator(mode="after")
     def _bounds(self) -> PromQLGate:
-        if self.min is None and self.max is None:
-            raise _err("gate_bound", "a query gate needs min or max")
+        if self.min is None and self.max is None and not self.relative:
+            raise _err("gate_bound", "a query gate needs min, max, maxIncrease or maxIncreasePercent")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise _err("gate_range", f"min ({self.min:g}) is greater than max ({self.max:g})")
+        if self.relative != ("{{variant}}" in self.query):
+            raise _err("gate_variant", "maxIncrease and maxIncreasePercent compare the canary with production: "
+                       "they need {{variant}} in the query (replaced by canary and production), and only they use it")
+        if self.failure_limit >= self.count:
+            raise _err("gate_limit", f"failureLimit ({self.failure_limit}) must be less than count ({self.count})")
         return self
 
 
@@ -292,6 +312,14 @@ class Promotion(_Model):
     approval: Literal["Automatic", "Manual"] = "Automatic"
     canary: Canary = Canary()
     gates: list[PromQLGate] = []
+
+    @model_validator(mode="after")
+    def _recorded(self) -> Promotion:
+        total = sum(g.count for g in self.gates) * max(1, len(self.canary.steps))
+        if total > MAX_RECORDED:
+            raise _err("gate_count", f"steps x gates x count is {total} measurements; status records at most "
+                       f"{MAX_RECORDED}")
+        return self
 
 
 class ModelRolloutSpec(_Model):
