@@ -11,21 +11,20 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from kubernetes.client.exceptions import ApiException
 
-from modelrollout import canary_gates, holdout_source
+from modelrollout import canary_gates
 from modelrollout.core import canary as analysis
 from modelrollout.core.decide import (
     ANNOTATION_ABORT,
     ANNOTATION_APPROVE,
     ANNOTATION_RETRY,
+    ANNOTATION_UNDO,
     TERMINAL,
     Observed,
     Step,
@@ -34,18 +33,12 @@ from modelrollout.core.decide import (
     decide,
     measurements,
 )
-from modelrollout.core.pods import PodProblems, pod_problems
-from modelrollout.core.quality import DataError
-from modelrollout.core.report import gate_dict
 from modelrollout.core.spec import ModelRolloutSpec, SpecError, parse_spec
 from modelrollout.core.text import cap
-from modelrollout.evaluation import Variant, evaluate_servers
-from modelrollout.holdout import Holdout
+from modelrollout.evaluations import Evaluations
 from modelrollout.kube import objects
-from modelrollout.kube.api import Kube, NotFound, NotOwned, pod_requests, run
+from modelrollout.kube.api import Kube, NotOwned, run
 from modelrollout.opmetrics import OperatorMetrics
-from modelrollout.probes.resources import PodUsage, PrometheusSource, Source, UsageSource
-from modelrollout.serving.client import Endpoint, ServerError
 from modelrollout.settings import Settings
 
 log = logging.getLogger("modelrollout")
@@ -55,7 +48,6 @@ ACTIVE = frozenset({"Staging", "Evaluating", "AwaitingApproval", "Canary"})
 ANNOTATION_STAGING_FOR = "modelrollout.dev/staging-for"
 
 
-POD_STATUS_SETTLE = 5.0  # seconds for the kubelet to report why a server its clients saw die died
 
 
 def now() -> datetime:
@@ -85,27 +77,23 @@ def conditions(old: list[dict[str, Any]], step: Step, generation: int, t: dateti
 
 
 @dataclass
-class Evaluation:
-    task: asyncio.Task[None]
-    error: str | None = None
-
-
-@dataclass
 class Controller:
     kube: Kube
     settings: Settings
     metrics: OperatorMetrics
-    evaluations: dict[str, Evaluation] = field(default_factory=dict)
-    holdouts: dict[str, Holdout] = field(default_factory=dict)
+    evaluations: Evaluations | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    semaphore: asyncio.Semaphore | None = None
-    reach: holdout_source.Reach = field(default_factory=holdout_source.Reach.from_env)
     # uid -> (phase, queue key) of every live rollout this process reconciled: the staging queue
     phases: dict[str, tuple[str, tuple[str, str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_evaluations)
+        self.evaluations = self.evaluations or Evaluations(self.kube, self.settings, self.metrics)
         self.kube.on_call = self.metrics.api_requests.inc
+
+    @property
+    def ev(self) -> Evaluations:
+        assert self.evaluations is not None
+        return self.evaluations
 
     # --- observe -----------------------------------------------------------------------
     def evaluating(self, body: Mapping[str, Any]) -> bool:
@@ -115,9 +103,9 @@ class Controller:
         on, and spec changes and aborts arrive as updates, which always reconcile.
         """
         meta = body["metadata"]
-        ev = self.evaluations.get(f"{meta['uid']}:{meta.get('generation', 1)}")
+        state = self.ev.state(meta["uid"], int(meta.get("generation", 1)))
         aborted = (meta.get("annotations") or {}).get(ANNOTATION_ABORT) == "true"
-        return ev is not None and not ev.task.done() and not aborted
+        return state is not None and state[0] == "running" and not aborted
 
     async def reconcile(self, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
@@ -155,20 +143,21 @@ class Controller:
                 obs["blocked_by"] = await self._blocker(body, spec)
                 err = await self._reach(body, spec)
                 if err is None and target is not None and not obs["blocked_by"]:
-                    err = await self._load_holdout(body, spec)
+                    err = await self.ev.load_holdout(body, spec)
                 if err:
                     obs["input_error"], obs["input_reason"] = err
             elif phase == "Staging":
                 obs["staging_available"] = await self._staging_available(body, spec)
                 if obs["staging_available"] is False:
-                    obs["staging_problems"] = await self._pod_problems(body, spec)
+                    obs["staging_problems"] = await self.ev.pod_problems(body, spec)
             elif phase == "Canary":
                 obs["canary_available"] = await run(self.kube.deployment_available, ns,
                                                     objects.canary_name(spec.target_ref.name))
-            ev = self.evaluations.get(f"{meta['uid']}:{gen}")
-            if ev is not None:
-                obs["evaluation"] = "error" if ev.error else ("running" if not ev.task.done() else "none")
-                obs["evaluation_error"] = ev.error
+            state = self.ev.state(meta["uid"], gen)
+            if state is not None:
+                obs["evaluation"], obs["evaluation_error"] = state
+        if phase == "Promoted" and obs["annotations"].get(ANNOTATION_UNDO) == "true":
+            target, obs["undo_blocked"] = await self._undoable(ns, spec, status)
         if phase in ("Pending", "Waiting") and spec is not None and not obs.get("blocked_by"):
             obs["queue_full"] = self._staging_queue(meta)
         step = decide(spec, status, Observed(**obs))
@@ -188,13 +177,28 @@ class Controller:
             refusal = f"the API server refused a change for this rollout (HTTP {e.status}: {_api_reason(e)})"
             await self.apply(body, spec, status, Step("fail", "Failed", "Refused", refusal), target)
 
+    async def _undoable(self, ns: str, spec: ModelRolloutSpec | None,
+                        status: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """(the target, why its previous template cannot come back): only what this rollout wrote is undone."""
+        if spec is None:
+            return None, "the spec is invalid"
+        target = await run(self.kube.get_deployment, ns, spec.target_ref.name)
+        if target is None:
+            return None, f"target Deployment {spec.target_ref.name!r} no longer exists"
+        if not status.get("previousTemplate") or not status.get("promotedTemplateHash"):
+            return target, "status has no previous template to restore"
+        if objects.template_hash(target["spec"]["template"]) != status["promotedTemplateHash"]:
+            return target, ("the target's template changed after this rollout promoted it; restoring would "
+                            "overwrite that change")
+        return target, None
+
     async def _reach(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> tuple[str, str] | None:
         """(error, reason) if the rollout names what it may not use: checked before anything is created."""
         meta = body["metadata"]
         problem = objects.name_problem(str(meta["name"]))
         if problem:
             return problem, "InvalidName"
-        ns, sns = str(meta["namespace"]), self._staging_ns(body, spec)
+        ns, sns = str(meta["namespace"]), objects.staging_ns(body, spec)
         if sns == ns:
             return None
         annotations = await run(self.kube.namespace_annotations, sns)
@@ -232,56 +236,13 @@ class Controller:
                 return str(m["name"])
         return None
 
-    def _staging_ns(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> str:
-        return spec.staging.namespace or str(body["metadata"]["namespace"])
-
     async def _staging_available(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> bool | None:
-        ns = self._staging_ns(body, spec)
+        ns = objects.staging_ns(body, spec)
         states = [await run(self.kube.deployment_available, ns, objects.staging_name(body["metadata"]["name"], v))
                   for v in ("candidate", "baseline")]
         if any(s is None for s in states):
             return None
         return all(states)
-
-    async def _pod_problems(self, body: Mapping[str, Any], spec: ModelRolloutSpec,
-                            settle: float = 0.0) -> PodProblems:
-        """Why the staging pods do not serve. With `settle`, wait that long for a fatal cause to show:
-        a server that just died is reported by the kubelet a moment after its clients notice."""
-        ns, end = self._staging_ns(body, spec), time.monotonic() + settle
-        while True:
-            found = pod_problems(await run(self.kube.pods, ns, objects.staging_selector(body)))
-            if found.fatal or time.monotonic() >= end:
-                return found
-            await asyncio.sleep(1.0)
-
-    async def _load_holdout(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> tuple[str, str] | None:
-        """Read and check the hold-out before anything is created; (error, reason) if it is unusable.
-
-        Reading is confined by the operator's `Reach` (allowed hosts, the PVC root, a memory budget for
-        the parsing child process); column names appear in messages only for sources in the author's
-        own namespace (ConfigMap, PVC), never for a URL's content.
-        """
-        key = f"{body['metadata']['uid']}:{body['metadata'].get('generation', 1)}"
-        if key in self.holdouts:
-            return None
-        ns = str(body["metadata"]["namespace"])
-
-        async def config_map(n: str, name: str, k: str) -> bytes:
-            return await run(self.kube.config_map_file, n, name, k)
-
-        async def secret(n: str, name: str, k: str) -> tuple[str, dict[str, str]]:
-            return await run(self.kube.secret, n, name, k)
-
-        try:
-            data, name = await holdout_source.fetch(spec.holdout, ns, self.reach, config_map=config_map,
-                                                    secret=secret)
-            self.holdouts[key] = await holdout_source.load(data, name, spec, self.reach,
-                                                           echo_columns=spec.holdout.url is None)
-        except holdout_source.HoldoutError as e:
-            return f"hold-out: {e}", e.reason
-        except DataError as e:
-            return cap(f"hold-out: {e}", 600), "HoldoutInvalid"
-        return None
 
     # --- apply -------------------------------------------------------------------------
     async def apply(self, body: Mapping[str, Any], spec: ModelRolloutSpec | None, status: dict[str, Any],
@@ -295,15 +256,16 @@ class Controller:
             return
         if a == "restart":
             # an approval or abort was for the attempt that ended, not for the next one
-            await run(self.kube.annotate_rollout, ns, name, {ANNOTATION_APPROVE: None, ANNOTATION_ABORT: None})
+            await run(self.kube.annotate_rollout, ns, name,
+                      {ANNOTATION_APPROVE: None, ANNOTATION_ABORT: None, ANNOTATION_UNDO: None})
             await self._cleanup(body, spec, status)
-            self._forget(meta["uid"])
+            self.ev.forget(meta["uid"])
             patch.update({"evaluation": None, "canary": None, "staging": None, "decision": None, "gates": [],
                           "candidate": None, "baseline": None, "capacity": None, "previousTemplate": None,
                           "promotedTemplateHash": None,
                           "retried": meta.get("annotations", {}).get(ANNOTATION_RETRY)})
         elif a == "stage" and spec is not None and target is not None:
-            sns = self._staging_ns(body, spec)
+            sns = objects.staging_ns(body, spec)
             template = target["spec"]["template"]
             cand = candidate_template(template, spec.candidate.image, [e.model_dump() for e in spec.candidate.env],
                                       spec.candidate.args)
@@ -317,7 +279,7 @@ class Controller:
                                     "candidate": objects.staging_name(name, "candidate"),
                                     "baseline": objects.staging_name(name, "baseline")}
         elif a == "evaluate" and spec is not None:
-            self._start_evaluation(body, spec, status)
+            self.ev.start(body, spec)
             ev = status.get("evaluation") or {}
             if not ev.get("startedAt") or ev.get("generation") != gen:  # the deadline counts from here
                 patch["evaluation"] = {"startedAt": iso(now()), "generation": gen}
@@ -351,14 +313,18 @@ class Controller:
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "Promoted", "reason": step.message, "at": iso(now())}
         elif a == "rollback":
-            self._forget(meta["uid"])  # an evaluation past its deadline stops here
+            self.ev.forget(meta["uid"])  # an evaluation past its deadline stops here
             await self._restore(body, spec, status, target)
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "RolledBack", "reason": step.message, "at": iso(now())}
             if (status.get("canary") or {}).get("steps"):  # the step that stopped says why
                 patch["canary"] = {**status["canary"], "steps": _closed(status["canary"]["steps"], step.reason)}
+        elif a == "undo" and spec is not None and target is not None:
+            await run(self.kube.replace_template, ns, spec.target_ref.name, status["previousTemplate"],
+                      target["metadata"]["uid"])
+            patch["decision"] = {"result": "RolledBack", "reason": step.message, "at": iso(now())}
         elif a == "fail":
-            self._forget(meta["uid"])
+            self.ev.forget(meta["uid"])
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "Failed", "reason": step.message, "at": iso(now())}
         await self._patch(body, status, patch, step, gen)
@@ -400,7 +366,7 @@ class Controller:
                        status: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         staging = status.get("staging") or {}
-        sns = staging.get("namespace") or (self._staging_ns(body, spec) if spec else meta["namespace"])
+        sns = staging.get("namespace") or (objects.staging_ns(body, spec) if spec else meta["namespace"])
         doomed = [(kind, sns, objects.staging_name(meta["name"], v)) for v in ("candidate", "baseline")
                   for kind in ("Deployment", "Service")]
         target = spec.target_ref.name if spec else (body.get("spec") or {}).get("targetRef", {}).get("name")
@@ -411,19 +377,13 @@ class Controller:
                 log.warning("%s/%s: left %s %s/%s alone: not created by this rollout", meta["namespace"],
                             meta["name"], kind, ns, obj)
 
-    def _forget(self, uid: str) -> None:
-        for key in [k for k in self.evaluations if k.startswith(uid)]:
-            self.evaluations.pop(key).task.cancel()
-        for key in [k for k in self.holdouts if k.startswith(uid)]:
-            self.holdouts.pop(key)
-
     async def delete(self, body: Mapping[str, Any]) -> None:
         """On deletion: staging and canary go; production is left exactly as it is."""
         spec = None
         with contextlib.suppress(SpecError):
             spec = parse_spec(body.get("spec"))
         await self._cleanup(body, spec, dict(body.get("status") or {}))
-        self._forget(body["metadata"]["uid"])
+        self.ev.forget(body["metadata"]["uid"])
         self.phases.pop(body["metadata"]["uid"], None)
         self.metrics.forget(body["metadata"]["name"], body["metadata"]["namespace"])
 
@@ -455,113 +415,6 @@ class Controller:
         await self.apply(body, spec, status, decide(spec, status, obs), target)
 
     # --- evaluation and canary checks ------------------------------------------------------
-    def _start_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec, status: Mapping[str, Any]) -> None:
-        key = f"{body['metadata']['uid']}:{body['metadata'].get('generation', 1)}"
-        if key in self.evaluations and not self.evaluations[key].task.done():
-            return
-        ev = Evaluation(asyncio.get_running_loop().create_task(self._evaluate(body, spec, key)))
-        self.evaluations[key] = ev
-
-    async def _evaluate(self, body: Mapping[str, Any], spec: ModelRolloutSpec, key: str) -> None:
-        meta = body["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        assert self.semaphore is not None
-        async with self.semaphore:
-            self.metrics.in_flight.inc()
-            t0 = time.monotonic()
-            try:
-                if key not in self.holdouts:
-                    err = await self._load_holdout(body, spec)
-                    if err:
-                        raise DataError(err[0])
-                report = await self._run_evaluation(body, spec, self.holdouts[key])
-                await run(self.kube.patch_status, ns, name, {
-                    "candidate": {"metrics": _finite(report.evidence.candidate),
-                                  "intervals": {k: iv.as_dict() for k, iv in report.evidence.intervals.items()},
-                                  "deltaIntervals": {k: iv.as_dict()
-                                                     for k, iv in report.evidence.delta_intervals.items()}},
-                    "baseline": {"metrics": _finite(report.evidence.baseline or {})},
-                    "gates": [gate_dict(g) for g in report.gates],
-                    "capacity": {
-                        "replicasFit": {v: _fig(report, v, "replicas_fit") for v in ("candidate", "baseline")},
-                        "perReplicaMemoryMiB": {v: ((report.details.get(v) or {}).get("capacity") or {}).get(
-                            "perReplicaMemoryMiB") for v in ("candidate", "baseline")},
-                        "memorySource": {v: (report.details.get(v) or {}).get("memorySource")
-                                         for v in ("candidate", "baseline")}},
-                    "evaluation": {"outcome": str(report.decision.outcome), "reason": report.decision.reason,
-                                   "generation": int(meta.get("generation", 1))},
-                })
-                self.metrics.figures.observe(report, name, ns)
-            except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
-                expected = isinstance(e, ServerError | DataError | NotFound | RuntimeError | OSError)
-                why = str(e) if expected else f"{type(e).__name__}: {e}"
-                if not isinstance(e, DataError | NotFound):  # a server that died: its pod says why
-                    with contextlib.suppress(Exception):
-                        problems = await self._pod_problems(body, spec, settle=POD_STATUS_SETTLE)
-                        why = f"{why} ({problems.summary()})" if problems.messages else why
-                self.evaluations[key].error = cap(why, 600)
-                self.metrics.eval_errors.labels(ns).inc()
-                log.warning("%s/%s: evaluation failed: %s", ns, name, e)
-            finally:
-                self.metrics.in_flight.dec()
-                self.metrics.eval_seconds.observe(time.monotonic() - t0)
-
-    async def _run_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec, holdout: Holdout) -> Any:
-        sns = self._staging_ns(body, spec)
-        headers: tuple[tuple[str, str], ...] = ()
-        if spec.serving.auth_secret_ref is not None:
-            ref = spec.serving.auth_secret_ref
-            token = await run(self.kube.secret_value, body["metadata"]["namespace"], ref.name, ref.key)
-            headers = (("Authorization", f"Bearer {token}"),)
-        variants = []
-        for v in ("candidate", "baseline"):
-            svc = objects.staging_name(body["metadata"]["name"], v)
-            url = self.settings.service_url(sns, svc, spec.serving.port)
-            dep = await run(self.kube.get_deployment, sns, svc)
-            mem, cpu = pod_requests(((dep or {}).get("spec") or {}).get("template", {}).get("spec", {}))
-            selector = tuple((((dep or {}).get("spec") or {}).get("template", {}).get("spec", {})
-                              .get("nodeSelector") or {}).items())
-            ep = Endpoint(url, spec.serving.model_name, spec.serving.protocol, spec.serving.timeout,
-                          int(spec.serving.max_response_size), v, headers)
-            memory, leak, where = await self._sources(sns, dep, PrometheusSource(url.rstrip("/") + "/metrics"),
-                                                      spec.staging.replicas)
-            variants.append(Variant(v, ep, memory, mem, cpu, selector, leak_source=leak, memory_source=where))
-        nodes = await run(self.kube.nodes)
-        report, _ = await evaluate_servers(spec, holdout, variants[0], variants[1], nodes,
-                                           lambda m: log.info("%s: %s", body["metadata"]["name"], m))
-        return report
-
-    async def _sources(self, ns: str, dep: Mapping[str, Any] | None, server: PrometheusSource,
-                       replicas: int) -> tuple[Source, Source, str]:
-        """(memory source, leak-probe source, where memory comes from).
-
-        metrics.k8s.io when the cluster serves it: it measures every container of the pod as the
-        kubelet (and the OOM killer) does. The leak probe needs samples fresher than
-        metrics-server's resolution, so it reads the server's own endpoint when that answers.
-        """
-        selector = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
-        deadline = time.monotonic() + self.settings.metrics_api_wait
-        pods = await run(self.kube.pod_usage, ns, selector) if selector else None
-        while pods is not None and len(pods) < replicas and time.monotonic() < deadline:
-            await asyncio.sleep(1.0)  # a new pod has usage after metrics-server's next scrape
-            pods = await run(self.kube.pod_usage, ns, selector)
-        if pods is None or len(pods) < replicas:
-            if pods is not None:
-                log.warning("%s: metrics.k8s.io has usage for %d of %d pods after %gs; using the server's "
-                            "/metrics", ns, len(pods), replicas, self.settings.metrics_api_wait)
-            return server, server, "server /metrics"
-
-        async def fetch() -> list[PodUsage]:
-            return await run(self.kube.pod_usage, ns, selector) or []
-
-        usage = UsageSource(fetch, min_interval=5.0)
-        try:
-            await server.sample()
-            return usage, server, "metrics.k8s.io"
-        except (RuntimeError, OSError, aiohttp.ClientError, TimeoutError):
-            return usage, usage, "metrics.k8s.io"
-
-
 def _closed(records: list[dict[str, Any]], outcome: str) -> list[dict[str, Any]]:
     """The canary step records with the last one, if still Running, closed with `outcome`."""
     if records and records[-1].get("outcome") == "Running":
@@ -579,13 +432,3 @@ def _api_reason(e: ApiException) -> str:
         return cap(str(json.loads(e.body or "{}").get("message") or e.reason), 400)
     except ValueError:
         return cap(str(e.reason), 400)
-
-
-def _finite(values: Mapping[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if v is not None and v == v and abs(v) != float("inf")}
-
-
-def _fig(report: Any, variant: str, name: str) -> float | None:
-    figs = report.evidence.candidate if variant == "candidate" else (report.evidence.baseline or {})
-    v = figs.get(name)
-    return None if v is None else float(v)

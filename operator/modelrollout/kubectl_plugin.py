@@ -1,4 +1,4 @@
-"""`kubectl modelrollout list|status|approve|abort|retry`: rollouts from the terminal.
+"""`kubectl modelrollout list|status|approve|abort|undo|retry`: rollouts from the terminal.
 
 Installed as the console script `kubectl-modelrollout`, so kubectl finds it as a plugin.
 """
@@ -9,8 +9,9 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from modelrollout.core.decide import ANNOTATION_ABORT, ANNOTATION_APPROVE, ANNOTATION_RETRY
+from modelrollout.core.decide import ANNOTATION_ABORT, ANNOTATION_APPROVE, ANNOTATION_RETRY, ANNOTATION_UNDO, TERMINAL
 from modelrollout.core.report import from_status, to_text
 from modelrollout.kube.api import Kube, current_namespace
 
@@ -44,15 +45,51 @@ def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
     print(f"target: Deployment {r['spec']['targetRef']['name']}; candidate: {r['spec'].get('candidate', {})}\n")
     if st.get("gates"):
         print(to_text(from_status(r["spec"]["task"], st)))
+    for line in _canary_lines(st.get("canary") or {}):
+        print(line)
     for c in st.get("conditions") or []:
         print(f"condition {c['type']}={c['status']} ({c.get('reason')}) since {c.get('lastTransitionTime')}")
     return 0
 
 
+def _canary_lines(canary: dict[str, Any]) -> list[str]:
+    """Each canary step with its outcome, then one line per live-gate measurement."""
+    lines = []
+    for record in canary.get("steps") or []:
+        lines.append(f"canary step {record.get('step')} at {record.get('weight')}%: {record.get('outcome')}")
+        for m in record.get("measurements") or []:
+            prod = f" (production {m['productionValue']})" if m.get("productionValue") is not None else ""
+            dry = " [dry run]" if m.get("dryRun") else ""
+            lines.append(f"  {m.get('at')} {m.get('gate')}: {m.get('verdict')}{dry} value {m.get('value')}{prod}, "
+                         f"{m.get('bound')} {m.get('threshold')}: {m.get('message')}")
+    return [*lines, ""] if lines else []
+
+
+def _refusal(command: str, phase: str, st: dict[str, Any]) -> str | None:
+    """Why the command cannot act on a rollout in this phase, in plain words (None: it can)."""
+    if command == "abort" and phase in TERMINAL:
+        hint = "; `kubectl modelrollout undo` restores the previous template" if phase == "Promoted" else ""
+        return f"is {phase}, which is final: abort changes nothing{hint}"
+    if command == "undo" and phase != "Promoted":
+        why = {"RolledBack": "production already runs its previous template",
+               "Failed": "production was never changed"}.get(phase, "only a Promoted rollout can be undone; "
+                                                                   "use abort while it is in progress")
+        return f"is {phase}: {why}"
+    if command == "undo" and not st.get("previousTemplate"):
+        return "has no previous template in its status to restore"
+    return None
+
+
 def _annotate(kube: Kube, args: argparse.Namespace, key: str, value: str, done: str) -> int:
     ns = _namespace(args)
-    if kube.get_rollout(ns, args.name) is None:
+    r = kube.get_rollout(ns, args.name)
+    if r is None:
         print(f"error: modelrollout {ns}/{args.name} not found", file=sys.stderr)
+        return 1
+    st = r.get("status") or {}
+    refused = _refusal(args.command, str(st.get("phase") or "Pending"), st)
+    if refused:
+        print(f"error: modelrollout {ns}/{args.name} {refused}", file=sys.stderr)
         return 1
     kube.annotate_rollout(ns, args.name, {key: value})
     print(f"modelrollout {ns}/{args.name} {done}")
@@ -68,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ls.add_argument("-A", "--all-namespaces", action="store_true")
     for name, text in (("status", "the side-by-side table and gate verdicts"), ("approve", "approve a Manual rollout"),
                        ("abort", "abort: production goes back to exactly as before"),
+                       ("undo", "put a Promoted rollout's target back to its previous template"),
                        ("retry", "start a finished rollout over")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("name")
@@ -80,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     key, value, done = {
         "approve": (ANNOTATION_APPROVE, "true", "approved"),
         "abort": (ANNOTATION_ABORT, "true", "aborted"),
+        "undo": (ANNOTATION_UNDO, "true", "will be undone (watch its status: the operator restores the template "
+                 "only if nobody changed it since)"),
         "retry": (ANNOTATION_RETRY, str(int(time.time())), "will start over"),
     }[args.command]
     return _annotate(kube, args, key, value, done)

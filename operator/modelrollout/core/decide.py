@@ -21,12 +21,13 @@ from modelrollout.core.spec import ModelRolloutSpec
 ANNOTATION_APPROVE = "modelrollout.dev/approve"
 ANNOTATION_ABORT = "modelrollout.dev/abort"
 ANNOTATION_RETRY = "modelrollout.dev/retry"
+ANNOTATION_UNDO = "modelrollout.dev/undo"
 TERMINAL = frozenset({"Promoted", "RolledBack", "Failed"})
 CANARY_CHECK_GRACE = 300.0  # seconds a canary step may overrun its measurements (slow or unreachable Prometheus)
 
 Action = Literal[
     "none", "wait", "fail", "stage", "evaluate", "await_approval", "canary", "measure", "promote",
-    "rollback", "restart",
+    "rollback", "restart", "undo",
 ]
 
 
@@ -45,6 +46,7 @@ class Observed:
     evaluation: Literal["none", "running", "error"] = "none"
     evaluation_error: str | None = None
     canary_available: bool | None = None
+    undo_blocked: str | None = None  # why a Promoted rollout's target cannot go back to its previous template
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
                         f"spec changed (generation {obs.generation}); starting over")
         if retry and retry != status.get("retried"):
             return Step("restart", "Pending", "Retry", f"retry requested ({retry}); starting over")
+        if phase == "Promoted" and obs.annotations.get(ANNOTATION_UNDO) == "true":
+            if obs.undo_blocked:
+                return Step("wait", "Promoted", "UndoRefused", f"undo refused: {obs.undo_blocked}")
+            return Step("undo", "RolledBack", "Undone", f"undone by the {ANNOTATION_UNDO} annotation: the target "
+                        "runs its previous template again")
         return Step("none", phase, str(status.get("reason") or phase), str(status.get("message") or ""))
     if spec is None or obs.input_error:
         return Step("fail", "Failed", obs.input_reason, obs.input_error or "the spec is invalid")

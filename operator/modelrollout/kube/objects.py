@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from modelrollout.core.spec import API_VERSION, KIND
+from modelrollout.core.spec import API_VERSION, KIND, ModelRolloutSpec
 
 LABEL_ROLLOUT = "modelrollout.dev/rollout"
 LABEL_VARIANT = "modelrollout.dev/variant"
@@ -109,3 +109,8 @@ def canary_name(target: str) -> str:
     if len(name) <= 63:
         return name
     return f"{target[:45].rstrip('-')}-canary-{hashlib.sha256(target.encode()).hexdigest()[:10]}"
+
+
+def staging_ns(body: Mapping[str, Any], spec: ModelRolloutSpec) -> str:
+    """Where the rollout's staging objects live: spec.staging.namespace, else the rollout's own."""
+    return spec.staging.namespace or str(body["metadata"]["namespace"])

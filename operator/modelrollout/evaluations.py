@@ -1,0 +1,226 @@
+"""Evaluations of staged variants as background tasks, bounded by a semaphore, and what they read.
+
+An evaluation outlives the reconcile that started it; its result reaches status directly and
+its failure is kept here for the next reconcile to decide on. Hold-outs are read once per
+generation, before anything is created, and reused by the evaluation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+
+from modelrollout import holdout_source
+from modelrollout.core.pods import PodProblems, pod_problems
+from modelrollout.core.quality import DataError
+from modelrollout.core.report import gate_dict
+from modelrollout.core.spec import ModelRolloutSpec
+from modelrollout.core.text import cap
+from modelrollout.evaluation import Variant, evaluate_servers
+from modelrollout.holdout import Holdout
+from modelrollout.kube import objects
+from modelrollout.kube.api import Kube, NotFound, pod_requests, run
+from modelrollout.opmetrics import OperatorMetrics
+from modelrollout.probes.resources import PodUsage, PrometheusSource, Source, UsageSource
+from modelrollout.serving.client import Endpoint, ServerError
+from modelrollout.settings import Settings
+
+log = logging.getLogger("modelrollout")
+POD_STATUS_SETTLE = 5.0  # seconds for the kubelet to report why a server its clients saw die died
+
+
+@dataclass
+class Evaluation:
+    task: asyncio.Task[None]
+    error: str | None = None
+
+
+@dataclass
+class Evaluations:
+    kube: Kube
+    settings: Settings
+    metrics: OperatorMetrics
+    tasks: dict[str, Evaluation] = field(default_factory=dict)
+    holdouts: dict[str, Holdout] = field(default_factory=dict)
+    semaphore: asyncio.Semaphore | None = None
+    reach: holdout_source.Reach = field(default_factory=holdout_source.Reach.from_env)
+
+    def __post_init__(self) -> None:
+        self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_evaluations)
+
+    def state(self, uid: str, generation: int) -> tuple[Literal["none", "running", "error"], str | None] | None:
+        """(state, error) of this generation's evaluation; None if this process never started one."""
+        ev = self.tasks.get(f"{uid}:{generation}")
+        if ev is None:
+            return None
+        return ("error" if ev.error else ("running" if not ev.task.done() else "none")), ev.error
+
+    async def pod_problems(self, body: Mapping[str, Any], spec: ModelRolloutSpec,
+                            settle: float = 0.0) -> PodProblems:
+        """Why the staging pods do not serve. With `settle`, wait that long for a fatal cause to show:
+        a server that just died is reported by the kubelet a moment after its clients notice."""
+        ns, end = objects.staging_ns(body, spec), time.monotonic() + settle
+        while True:
+            found = pod_problems(await run(self.kube.pods, ns, objects.staging_selector(body)))
+            if found.fatal or time.monotonic() >= end:
+                return found
+            await asyncio.sleep(1.0)
+
+    async def load_holdout(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> tuple[str, str] | None:
+        """Read and check the hold-out before anything is created; (error, reason) if it is unusable.
+
+        Reading is confined by the operator's `Reach` (allowed hosts, the PVC root, a memory budget for
+        the parsing child process); column names appear in messages only for sources in the author's
+        own namespace (ConfigMap, PVC), never for a URL's content.
+        """
+        key = f"{body['metadata']['uid']}:{body['metadata'].get('generation', 1)}"
+        if key in self.holdouts:
+            return None
+        ns = str(body["metadata"]["namespace"])
+
+        async def config_map(n: str, name: str, k: str) -> bytes:
+            return await run(self.kube.config_map_file, n, name, k)
+
+        async def secret(n: str, name: str, k: str) -> tuple[str, dict[str, str]]:
+            return await run(self.kube.secret, n, name, k)
+
+        try:
+            data, name = await holdout_source.fetch(spec.holdout, ns, self.reach, config_map=config_map,
+                                                    secret=secret)
+            self.holdouts[key] = await holdout_source.load(data, name, spec, self.reach,
+                                                           echo_columns=spec.holdout.url is None)
+        except holdout_source.HoldoutError as e:
+            return f"hold-out: {e}", e.reason
+        except DataError as e:
+            return cap(f"hold-out: {e}", 600), "HoldoutInvalid"
+        return None
+
+    def start(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> None:
+        key = f"{body['metadata']['uid']}:{body['metadata'].get('generation', 1)}"
+        if key in self.tasks and not self.tasks[key].task.done():
+            return
+        ev = Evaluation(asyncio.get_running_loop().create_task(self._evaluate(body, spec, key)))
+        self.tasks[key] = ev
+
+    async def _evaluate(self, body: Mapping[str, Any], spec: ModelRolloutSpec, key: str) -> None:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        assert self.semaphore is not None
+        async with self.semaphore:
+            self.metrics.in_flight.inc()
+            t0 = time.monotonic()
+            try:
+                if key not in self.holdouts:
+                    err = await self.load_holdout(body, spec)
+                    if err:
+                        raise DataError(err[0])
+                report = await self._run_evaluation(body, spec, self.holdouts[key])
+                await run(self.kube.patch_status, ns, name, {
+                    "candidate": {"metrics": _finite(report.evidence.candidate),
+                                  "intervals": {k: iv.as_dict() for k, iv in report.evidence.intervals.items()},
+                                  "deltaIntervals": {k: iv.as_dict()
+                                                     for k, iv in report.evidence.delta_intervals.items()}},
+                    "baseline": {"metrics": _finite(report.evidence.baseline or {})},
+                    "gates": [gate_dict(g) for g in report.gates],
+                    "capacity": {
+                        "replicasFit": {v: _fig(report, v, "replicas_fit") for v in ("candidate", "baseline")},
+                        "perReplicaMemoryMiB": {v: ((report.details.get(v) or {}).get("capacity") or {}).get(
+                            "perReplicaMemoryMiB") for v in ("candidate", "baseline")},
+                        "memorySource": {v: (report.details.get(v) or {}).get("memorySource")
+                                         for v in ("candidate", "baseline")}},
+                    "evaluation": {"outcome": str(report.decision.outcome), "reason": report.decision.reason,
+                                   "generation": int(meta.get("generation", 1))},
+                })
+                self.metrics.figures.observe(report, name, ns)
+            except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
+                expected = isinstance(e, ServerError | DataError | NotFound | RuntimeError | OSError)
+                why = str(e) if expected else f"{type(e).__name__}: {e}"
+                if not isinstance(e, DataError | NotFound):  # a server that died: its pod says why
+                    with contextlib.suppress(Exception):
+                        problems = await self.pod_problems(body, spec, settle=POD_STATUS_SETTLE)
+                        why = f"{why} ({problems.summary()})" if problems.messages else why
+                self.tasks[key].error = cap(why, 600)
+                self.metrics.eval_errors.labels(ns).inc()
+                log.warning("%s/%s: evaluation failed: %s", ns, name, e)
+            finally:
+                self.metrics.in_flight.dec()
+                self.metrics.eval_seconds.observe(time.monotonic() - t0)
+
+    async def _run_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec, holdout: Holdout) -> Any:
+        sns = objects.staging_ns(body, spec)
+        headers: tuple[tuple[str, str], ...] = ()
+        if spec.serving.auth_secret_ref is not None:
+            ref = spec.serving.auth_secret_ref
+            token = await run(self.kube.secret_value, body["metadata"]["namespace"], ref.name, ref.key)
+            headers = (("Authorization", f"Bearer {token}"),)
+        variants = []
+        for v in ("candidate", "baseline"):
+            svc = objects.staging_name(body["metadata"]["name"], v)
+            url = self.settings.service_url(sns, svc, spec.serving.port)
+            dep = await run(self.kube.get_deployment, sns, svc)
+            mem, cpu = pod_requests(((dep or {}).get("spec") or {}).get("template", {}).get("spec", {}))
+            selector = tuple((((dep or {}).get("spec") or {}).get("template", {}).get("spec", {})
+                              .get("nodeSelector") or {}).items())
+            ep = Endpoint(url, spec.serving.model_name, spec.serving.protocol, spec.serving.timeout,
+                          int(spec.serving.max_response_size), v, headers)
+            memory, leak, where = await self._sources(sns, dep, PrometheusSource(url.rstrip("/") + "/metrics"),
+                                                      spec.staging.replicas)
+            variants.append(Variant(v, ep, memory, mem, cpu, selector, leak_source=leak, memory_source=where))
+        nodes = await run(self.kube.nodes)
+        report, _ = await evaluate_servers(spec, holdout, variants[0], variants[1], nodes,
+                                           lambda m: log.info("%s: %s", body["metadata"]["name"], m))
+        return report
+
+    async def _sources(self, ns: str, dep: Mapping[str, Any] | None, server: PrometheusSource,
+                       replicas: int) -> tuple[Source, Source, str]:
+        """(memory source, leak-probe source, where memory comes from).
+
+        metrics.k8s.io when the cluster serves it: it measures every container of the pod as the
+        kubelet (and the OOM killer) does. The leak probe needs samples fresher than
+        metrics-server's resolution, so it reads the server's own endpoint when that answers.
+        """
+        selector = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+        deadline = time.monotonic() + self.settings.metrics_api_wait
+        pods = await run(self.kube.pod_usage, ns, selector) if selector else None
+        while pods is not None and len(pods) < replicas and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)  # a new pod has usage after metrics-server's next scrape
+            pods = await run(self.kube.pod_usage, ns, selector)
+        if pods is None or len(pods) < replicas:
+            if pods is not None:
+                log.warning("%s: metrics.k8s.io has usage for %d of %d pods after %gs; using the server's "
+                            "/metrics", ns, len(pods), replicas, self.settings.metrics_api_wait)
+            return server, server, "server /metrics"
+
+        async def fetch() -> list[PodUsage]:
+            return await run(self.kube.pod_usage, ns, selector) or []
+
+        usage = UsageSource(fetch, min_interval=5.0)
+        try:
+            await server.sample()
+            return usage, server, "metrics.k8s.io"
+        except (RuntimeError, OSError, aiohttp.ClientError, TimeoutError):
+            return usage, usage, "metrics.k8s.io"
+
+
+    def forget(self, uid: str) -> None:
+        for key in [k for k in self.tasks if k.startswith(uid)]:
+            self.tasks.pop(key).task.cancel()
+        for key in [k for k in self.holdouts if k.startswith(uid)]:
+            self.holdouts.pop(key)
+
+
+def _finite(values: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None and v == v and abs(v) != float("inf")}
+
+
+def _fig(report: Any, variant: str, name: str) -> float | None:
+    figs = report.evidence.candidate if variant == "candidate" else (report.evidence.baseline or {})
+    v = figs.get(name)
+    return None if v is None else float(v)
