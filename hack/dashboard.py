@@ -39,6 +39,11 @@ PANELS: list[tuple[str, str, list[prometheus.Dataquery]]] = [
     ("Latency percentiles (seconds)", "timeseries", [
         q(f"modelrollout_latency_{p}_seconds{{{SEL}}}", "{{rollout}} {{variant}} " + p)
         for p in ("p50", "p90", "p99", "p999")]),
+    ("Canary live gates: value per step and variant", "timeseries", [
+        q(f"modelrollout_canary_gate_value{{{SEL}}}", "{{rollout}} {{gate}} step {{step}} {{variant}}"),
+        q(f"modelrollout_canary_gate_threshold{{{SEL}}}", "{{rollout}} {{gate}} {{bound}}")]),
+    ("Canary measurements by verdict", "table", [
+        q(f"modelrollout_canary_gate_measurements{{{SEL}}}", "{{rollout}} {{gate}} step {{step}} {{verdict}}")]),
     ("Replicas that fit", "stat", [q(f"modelrollout_replicas_fit{{{SEL}}}", "{{rollout}} {{variant}}")]),
     *[(f"Candidate vs baseline: {f}", "timeseries", [q(f"modelrollout_{f}{{{SEL}}}", "{{rollout}} {{variant}}")])
       for f in FIGURES],

@@ -20,6 +20,9 @@ from modelrollout.settings import Settings
 
 RESOURCE = (GROUP, VERSION, "modelrollouts")
 SETTINGS = Settings.from_env()
+# kopf waits 60 s by default before retrying a handler that raised: after an API-server blip every
+# rollout would sit still that long (seen as canary steps timing out); a few seconds is enough.
+BACKOFF = 5.0
 _state: dict[str, Controller] = {}
 
 
@@ -42,19 +45,19 @@ def _body(body: kopf.Body) -> dict[str, Any]:
     return copy.deepcopy(dict(body))
 
 
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE)
+@kopf.on.resume(*RESOURCE, backoff=BACKOFF)
+@kopf.on.create(*RESOURCE, backoff=BACKOFF)
+@kopf.on.update(*RESOURCE, backoff=BACKOFF)
 async def changed(body: kopf.Body, **_: Any) -> None:
     await controller().reconcile(_body(body))
 
 
-@kopf.timer(*RESOURCE, interval=SETTINGS.interval)
+@kopf.timer(*RESOURCE, interval=SETTINGS.interval, backoff=BACKOFF)
 async def tick(body: kopf.Body, **_: Any) -> None:
     if not controller().evaluating(body):  # an evaluation in flight needs no API reads
         await controller().reconcile(_body(body))
 
 
-@kopf.on.delete(*RESOURCE)
+@kopf.on.delete(*RESOURCE, backoff=BACKOFF)
 async def deleted(body: kopf.Body, **_: Any) -> None:
     await controller().delete(_body(body))

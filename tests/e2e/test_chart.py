@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -154,6 +155,8 @@ def exported_names() -> set[str]:
     m.set_phase("r", "ns", "Pending")
     m.decisions.labels("ns", "Promoted").inc()
     m.eval_errors.labels("ns").inc()
+    m.canary("r", "ns", 1, [{"gate": "g", "value": 1.0, "productionValue": 0.5, "threshold": 2.0, "bound": "max",
+                             "verdict": "Pass"}])
     return {s.name for fam in reg.collect() for s in fam.samples}
 
 
@@ -272,6 +275,7 @@ def test_kubectl_plugin(cluster: Cluster, scenario: Scenario, models: Models) ->
         return subprocess.run([f"{cluster.bindir}/kubectl", "modelrollout", "-n", scenario.ns, *args],
                               capture_output=True, text=True, env=env, timeout=60)
 
+    before = scenario.template()
     scenario.rollout("plug", scenario.op.serve(models.good), scenario.op.serve(models.production),
                      [{"metric": "f1", "min": 0.9}, {"metric": "f1", "maxDrop": 0.05}],
                      promotion={"approval": "Manual"})
@@ -284,6 +288,25 @@ def test_kubectl_plugin(cluster: Cluster, scenario: Scenario, models: Models) ->
     assert re.search(row, out.stdout, re.M), out.stdout
     assert kubectl("approve", "plug").returncode == 0
     assert scenario.wait_phase("plug", {"Promoted", "RolledBack"})["phase"] == "Promoted"
+    promoted = scenario.template()
+    assert promoted != before
+    out = kubectl("abort", "plug")  # said plainly, not "aborted"
+    assert out.returncode == 1 and "is Promoted, which is final: abort changes nothing" in out.stderr, out.stderr
+    # undo refuses while someone else changed the target since, then restores the exact template
+    k = scenario.cluster.kubectl
+    k("-n", scenario.ns, "patch", "deployment", "churn", "--type=merge", "-p",
+      '{"spec":{"template":{"metadata":{"annotations":{"someone":"else"}}}}}')
+    assert kubectl("undo", "plug").returncode == 0
+    end = time.monotonic() + 60
+    while (st := scenario.status("plug")).get("reason") != "UndoRefused" and time.monotonic() < end:
+        time.sleep(0.5)
+    assert st["phase"] == "Promoted" and "changed after this rollout promoted it" in st["message"], st
+    k("-n", scenario.ns, "patch", "deployment", "churn", "--type=json", "-p",
+      '[{"op":"remove","path":"/spec/template/metadata/annotations/someone"}]')
+    st = scenario.wait_phase("plug", {"RolledBack"}, timeout=60)
+    assert st["reason"] == "Undone" and scenario.template() == before, st
+    out = kubectl("undo", "plug")
+    assert out.returncode == 1 and "already runs its previous template" in out.stderr
     assert kubectl("retry", "plug").returncode == 0
     scenario.wait_phase("plug", {"AwaitingApproval", "Staging", "Evaluating"})
     assert kubectl("abort", "plug").returncode == 0

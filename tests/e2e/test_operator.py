@@ -14,6 +14,7 @@ import pytest
 
 from modelrollout.serving.client import Endpoint, ModelClient, ServerError
 from tests.e2e.conftest import Models, Prometheus, Scenario
+from tests.unit.test_canary import series, series_key
 
 pytestmark = pytest.mark.e2e
 
@@ -91,10 +92,12 @@ def test_manual_approval_waits_then_promotes(scenario: Scenario, models: Models)
 
 
 def canary_promotion(ns: str) -> dict[str, Any]:
-    """Two steps whose live gate reads the candidate's errors in the rollout's own namespace."""
+    """Two steps whose live gate reads the candidate's errors in the rollout's own namespace, and a
+    dry-run gate that fails every time (it asks for errors) but never decides."""
+    errors = f'sum(modelserver_errors_total{{namespace="{ns}", model="m"}})'
     return {"canary": {"steps": [{"weight": 25, "pause": "3s"}, {"weight": 50, "pause": "3s"}]},
-            "gates": [{"name": "no-errors", "query": f'sum(modelserver_errors_total{{namespace="{ns}", model="m"}})',
-                       "max": 0}]}
+            "gates": [{"name": "no-errors", "query": errors, "max": 0},
+                      {"name": "dry-wants-errors", "query": errors, "min": 1, "dryRun": True}]}
 
 
 def test_abort_during_canary_restores_production(scenario: Scenario, models: Models, prometheus: Prometheus) -> None:
@@ -165,6 +168,20 @@ def test_canary_steps_pass_then_promote(scenario: Scenario, models: Models, prom
     assert seen == {25, 50}
     assert scenario.cluster.kubectl("-n", scenario.ns, "get", "deployment", "churn-canary", check=False).returncode != 0
     scenario.assert_invariant("canary-ok", before)
+    # every measurement is recorded: in status, and as the operator's Prometheus series
+    steps = st["canary"]["steps"]
+    assert [(r["step"], r["weight"], r["outcome"]) for r in steps] == [(1, 25, "Passed"), (2, 50, "Passed")], steps
+    for r in steps:
+        m = {x["gate"]: x for x in r["measurements"]}
+        assert (m["no-errors"]["verdict"], m["no-errors"]["value"], m["no-errors"]["threshold"]) == ("Pass", 0, 0)
+        assert (m["dry-wants-errors"]["verdict"], m["dry-wants-errors"]["dryRun"]) == ("Fail", True)
+    metrics = series(scenario.op.metrics())
+    where = {"rollout": "canary-ok", "namespace": scenario.ns}
+    for step in ("1", "2"):
+        assert metrics[series_key("modelrollout_canary_gate_value", **where, gate="no-errors", step=step,
+                            variant="canary")] == 0
+        assert metrics[series_key("modelrollout_canary_gate_measurements", **where, gate="dry-wants-errors", step=step,
+                            verdict="Fail")] == 1
 
 
 def test_deleting_mid_way_removes_staging_and_leaves_production(scenario: Scenario, models: Models) -> None:

@@ -95,3 +95,36 @@ def test_relative_gates_need_the_placeholder_and_only_they_use_it() -> None:
     many = {"steps": [{"weight": w} for w in range(1, 21)]}
     with pytest.raises(SpecError, match="status records at most"):
         parse_spec({**base, "promotion": {"canary": many, "gates": [{"query": "q", "max": 1, "count": 20}] * 2}})
+
+
+def test_measurements_become_series_and_leave_with_the_rollout() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from modelrollout.opmetrics import OperatorMetrics
+
+    reg = CollectorRegistry()
+    om = OperatorMetrics(reg)
+    rel = {"gate": "p99", "value": 0.3, "productionValue": 0.2, "threshold": 10.0, "bound": "maxIncreasePercent",
+           "verdict": "Fail"}
+    om.canary("r", "ns", 2, [rel, {**rel, "verdict": "Pass"}, {**rel, "value": "+Inf", "verdict": "Fail"}])
+    om.canary("other", "ns", 1, [rel])
+    samples = series(generate_latest(reg).decode())
+    where = {"rollout": "r", "namespace": "ns", "gate": "p99", "step": "2"}
+    assert samples[series_key("modelrollout_canary_gate_value", **where, variant="canary")] == float("inf")
+    assert samples[series_key("modelrollout_canary_gate_value", **where, variant="production")] == 0.2
+    assert samples[series_key("modelrollout_canary_gate_threshold", **where, bound="maxIncreasePercent")] == 10.0
+    assert samples[series_key("modelrollout_canary_gate_measurements", **where, verdict="Fail")] == 2.0
+    om.forget("r", "ns")
+    left = {dict(k[1]).get("rollout") for k in series(generate_latest(reg).decode()) if "canary" in k[0]}
+    assert left == {"other"}
+
+
+def series_key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return name, frozenset(labels.items())
+
+
+def series(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Exposition text as {(name, labels): value}, whatever order the client writes labels in."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {series_key(s.name, **s.labels): s.value for f in text_string_to_metric_families(text) for s in f.samples}
