@@ -28,7 +28,7 @@ from modelrollout.core.decide import (
     TERMINAL,
     Observed,
     Step,
-    canary_replicas,
+    canary_split,
     candidate_template,
     decide,
     measurements,
@@ -153,6 +153,7 @@ class Controller:
             elif phase == "Canary":
                 obs["canary_available"] = await run(self.kube.deployment_available, ns,
                                                     objects.canary_name(spec.target_ref.name))
+                obs["production_replicas"] = None if target is None else int(target["spec"].get("replicas", 1))
             state = self.ev.state(meta["uid"], gen)
             if state is not None:
                 obs["evaluation"], obs["evaluation_error"] = state
@@ -258,11 +259,13 @@ class Controller:
             # an approval or abort was for the attempt that ended, not for the next one
             await run(self.kube.annotate_rollout, ns, name,
                       {ANNOTATION_APPROVE: None, ANNOTATION_ABORT: None, ANNOTATION_UNDO: None})
+            if status.get("phase") not in TERMINAL:  # a canary step may have scaled production down
+                await self._restore(body, spec, status, target)
             await self._cleanup(body, spec, status)
             self.ev.forget(meta["uid"])
             patch.update({"evaluation": None, "canary": None, "staging": None, "decision": None, "gates": [],
                           "candidate": None, "baseline": None, "capacity": None, "previousTemplate": None,
-                          "promotedTemplateHash": None,
+                          "promotedTemplateHash": None, "previousReplicas": None,
                           "retried": meta.get("annotations", {}).get(ANNOTATION_RETRY)})
         elif a == "stage" and spec is not None and target is not None:
             sns = objects.staging_ns(body, spec)
@@ -289,14 +292,22 @@ class Controller:
             prev = status.get("previousTemplate") or target["spec"]["template"]
             cand = candidate_template(prev, spec.candidate.image, [e.model_dump() for e in spec.candidate.env],
                                       spec.candidate.args)
-            replicas = canary_replicas(int(target["spec"].get("replicas", 1)), w)
+            total = int(status.get("previousReplicas") or target["spec"].get("replicas", 1))
+            replicas = canary_split(total, w)[0]
             await run(self.kube.apply, objects.canary_deployment(body, target, cand, replicas), meta["uid"])
+            if not status.get("previousReplicas"):  # what production goes back to, whatever happens next
+                patch["previousReplicas"] = total
             old = status.get("canary") or {}
             if old.get("step") != i or not old.get("startedAt"):
                 t = iso(now())
                 records = [*_closed(old.get("steps") or [], "Passed"),
                            {"step": i + 1, "weight": w, "startedAt": t, "outcome": "Running", "measurements": []}]
                 patch["canary"] = {"step": i, "weight": w, "replicas": replicas, "startedAt": t, "steps": records}
+        elif a == "scale" and spec is not None and target is not None and step.canary_step is not None:
+            production = canary_split(int(status["previousReplicas"]),
+                                      spec.promotion.canary.steps[step.canary_step].weight)[1]
+            await run(self.kube.replace_template, ns, spec.target_ref.name, None, target["metadata"]["uid"],
+                      production)
         elif a == "measure" and spec is not None and step.canary_step is not None:
             await self._measure(body, spec, status, step.canary_step, target)
             return
@@ -304,9 +315,12 @@ class Controller:
             prev = status.get("previousTemplate") or target["spec"]["template"]
             cand = candidate_template(prev, spec.candidate.image, [e.model_dump() for e in spec.candidate.env],
                                       spec.candidate.args)
-            if objects.template_hash(target["spec"]["template"]) != objects.template_hash(cand):
-                # production changes here only
-                await run(self.kube.replace_template, ns, spec.target_ref.name, cand, target["metadata"]["uid"])
+            before = status.get("previousReplicas")
+            back = int(before) if before and int(target["spec"].get("replicas", 1)) != int(before) else None
+            if objects.template_hash(target["spec"]["template"]) != objects.template_hash(cand) or back:
+                # production's template changes here only (and its replicas go back to what they were)
+                await run(self.kube.replace_template, ns, spec.target_ref.name, cand, target["metadata"]["uid"],
+                          back)
             patch["promotedTemplateHash"] = objects.template_hash(cand)
             if (status.get("canary") or {}).get("steps"):
                 patch["canary"] = {**status["canary"], "steps": _closed(status["canary"]["steps"], "Passed")}
@@ -325,6 +339,7 @@ class Controller:
             patch["decision"] = {"result": "RolledBack", "reason": step.message, "at": iso(now())}
         elif a == "fail":
             self.ev.forget(meta["uid"])
+            await self._restore(body, spec, status, target)
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "Failed", "reason": step.message, "at": iso(now())}
         await self._patch(body, status, patch, step, gen)
@@ -352,15 +367,23 @@ class Controller:
 
     async def _restore(self, body: Mapping[str, Any], spec: ModelRolloutSpec | None, status: Mapping[str, Any],
                        target: Mapping[str, Any] | None) -> None:
-        """Put back the exact previous template if this rollout ever wrote the target."""
-        prev = status.get("previousTemplate")
+        """Put back the exact previous template if this rollout ever wrote the target, and the replicas
+        production had before a canary step scaled it down."""
+        prev, total = status.get("previousTemplate"), status.get("previousReplicas")
         written = status.get("promotedTemplateHash")
-        if spec is None or target is None or not prev or not written:
+        name = spec.target_ref.name if spec else ((body.get("spec") or {}).get("targetRef") or {}).get("name")
+        if not isinstance(name, str) or not (total or (prev and written)):
+            return
+        target = target or await run(self.kube.get_deployment, body["metadata"]["namespace"], name)
+        if target is None:
             return
         current = objects.template_hash(target["spec"]["template"])
-        if current == written and current != objects.template_hash(prev):
-            await run(self.kube.replace_template, body["metadata"]["namespace"], spec.target_ref.name, prev,
-                      target["metadata"]["uid"])
+        template = prev if prev and written and current == written and current != objects.template_hash(prev) \
+            else None
+        replicas = int(total) if total and int(target["spec"].get("replicas", 1)) != int(total) else None
+        if template is not None or replicas is not None:
+            await run(self.kube.replace_template, body["metadata"]["namespace"], name, template,
+                      target["metadata"]["uid"], replicas)
 
     async def _cleanup(self, body: Mapping[str, Any], spec: ModelRolloutSpec | None,
                        status: Mapping[str, Any]) -> None:

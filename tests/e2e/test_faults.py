@@ -120,7 +120,18 @@ def test_model_server_credentials_come_from_a_secret(scenario: Scenario, models:
 
 
 def _generation(scenario: Scenario) -> int:
-    return int(scenario.get("deployment", scenario.target)["metadata"]["generation"])
+    """How many pod templates production has had (the Deployment's revision): canary steps scale it,
+    which bumps metadata.generation, but only a template write makes a new revision."""
+    return int(scenario.get("deployment", scenario.target)["metadata"]["annotations"]
+               ["deployment.kubernetes.io/revision"])
+
+
+def _revisions_become(scenario: Scenario, expected: int) -> int:
+    """The revision once the deployment controller has counted the last template write (it lags a moment)."""
+    end = time.monotonic() + 15
+    while (seen := _generation(scenario)) != expected and time.monotonic() < end:
+        time.sleep(0.5)
+    return seen
 
 
 # Where the operator is SIGKILLed: (phase, canary step or None, seconds after reaching it).
@@ -190,7 +201,8 @@ def test_operator_killed_at_every_phase_boundary_resumes_to_the_same_decision(sc
     assert st["phase"] == "Promoted", st.get("message")
     if phase == "Promoted":
         time.sleep(3)  # a restarted operator must not act on a decided rollout again
-    assert _generation(scenario) == gen + 1  # production changed exactly once
+    assert _revisions_become(scenario, gen + 1) == gen + 1  # production's template changed exactly once
+    assert scenario.get("deployment", scenario.target)["spec"]["replicas"] == 2  # as many as before the canary
     deploys = scenario.cluster.kubectl("-n", scenario.ns, "get", "deploy", "-o", "name").stdout.split()
     assert deploys == [f"deployment.apps/{scenario.target}"]  # no duplicates left behind
     assert scenario.staging_objects(name) == []
@@ -233,7 +245,7 @@ def test_api_server_restarted_mid_rollout_the_operator_carries_on(scenario: Scen
     pods = scenario.cluster.kubectl("-n", scenario.ns, "get", "deploy,pods,events", "-o", "wide", check=False).stdout
     assert st["phase"] == "Promoted", (st.get("message"), pods[-4000:], scenario.cluster.log_tail("kwok"))
     assert op.proc is not None and op.proc.poll() is None  # reconnected, not crashed
-    assert _generation(scenario) == gen + 1
+    assert _revisions_become(scenario, gen + 1) == gen + 1
     assert scenario.staging_objects(name) == []
     scenario.assert_invariant(name, before)
 

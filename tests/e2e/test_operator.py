@@ -118,6 +118,7 @@ def test_abort_during_canary_restores_production(scenario: Scenario, models: Mod
     assert st["phase"] == "RolledBack" and st["reason"] == "Aborted"
     assert "production is as before" in st["message"]
     assert scenario.template() == before
+    assert scenario.get("deployment", "churn")["spec"]["replicas"] == 2  # scaled back up
     assert scenario.cluster.kubectl("-n", scenario.ns, "get", "deployment", "churn-canary", check=False).returncode != 0
 
 
@@ -151,13 +152,15 @@ def test_canary_steps_pass_then_promote(scenario: Scenario, models: Models, prom
     prometheus.configure([], namespaced=(scenario.ns, [cand.removeprefix("http://")]))
     scenario.rollout("canary-ok", cand, scenario.op.serve(models.production), QUALITY,
                      promotion=canary_promotion(scenario.ns))
-    seen = set()
+    seen, production = set(), set()
     end = time.monotonic() + 180
     while time.monotonic() < end:
-        t = scenario.template()
+        target = scenario.get("deployment", "churn")
+        t = target["spec"]["template"]
         st = scenario.status("canary-ok")  # read after the template: it can only be newer
         if st.get("phase") == "Canary" and st.get("canary"):
             seen.add(st["canary"].get("weight"))
+            production.add(target["spec"]["replicas"])
         if t != before:  # production may only change once every gate passed
             assert (st.get("evaluation") or {}).get("outcome") == "Promote"
             assert st.get("phase") in {"Canary", "Promoted"}
@@ -166,6 +169,9 @@ def test_canary_steps_pass_then_promote(scenario: Scenario, models: Models, prom
         time.sleep(0.3)
     assert st["phase"] == "Promoted", st.get("message")
     assert seen == {25, 50}
+    # 2 replicas in all: at 25 % and at 50 % the canary has 1 and production gives way to 1, then gets 2 back
+    assert 1 in production and production <= {1, 2}, production
+    assert scenario.get("deployment", "churn")["spec"]["replicas"] == 2
     assert scenario.cluster.kubectl("-n", scenario.ns, "get", "deployment", "churn-canary", check=False).returncode != 0
     scenario.assert_invariant("canary-ok", before)
     # every measurement is recorded: in status, and as the operator's Prometheus series

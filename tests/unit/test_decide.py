@@ -7,7 +7,7 @@ from typing import Any
 
 from modelrollout.core.decide import (
     Observed,
-    canary_replicas,
+    canary_split,
     candidate_template,
     decide,
 )
@@ -119,11 +119,19 @@ def test_abort_wins_in_any_active_phase_and_terminal_phases_stay() -> None:
     assert decide(spec(), {**done, "retried": "1"}, obs(annotations={"modelrollout.dev/retry": "1"})).action == "none"
 
 
-def test_canary_replicas_split_by_weight() -> None:
-    assert canary_replicas(9, 10) == 1
-    assert canary_replicas(4, 50) == 4
-    assert canary_replicas(1, 5) == 1
-    assert canary_replicas(3, 100) == 3
+def test_canary_weights_are_the_candidates_share_of_a_constant_total_within_one_pod() -> None:
+    for total in range(1, 21):
+        for weight in range(1, 101):
+            canary, production = canary_split(total, weight)
+            assert canary >= 1 and (production >= 1) == (weight < 100)
+            if weight == 100:
+                assert (canary, production) == (total, 0)
+            elif total > 1 and canary < total:  # room for both at this total
+                assert canary + production == total
+                assert abs(canary - total * weight / 100) <= 0.5 or canary == 1, (total, weight, canary)
+    assert canary_split(10, 25) == (3, 7)  # 2.5 rounds up
+    assert canary_split(2, 10) == (1, 1)  # the canary has a pod at any weight
+    assert canary_split(1, 50) == (1, 1)  # and production keeps one until 100
 
 
 def test_candidate_template_changes_only_the_first_container() -> None:

@@ -9,6 +9,7 @@ every step's live gates passed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +28,7 @@ CANARY_CHECK_GRACE = 300.0  # seconds a canary step may overrun its measurements
 
 Action = Literal[
     "none", "wait", "fail", "stage", "evaluate", "await_approval", "canary", "measure", "promote",
-    "rollback", "restart", "undo",
+    "rollback", "restart", "undo", "scale",
 ]
 
 
@@ -46,6 +47,7 @@ class Observed:
     evaluation: Literal["none", "running", "error"] = "none"
     evaluation_error: str | None = None
     canary_available: bool | None = None
+    production_replicas: int | None = None  # the target's spec.replicas now
     undo_blocked: str | None = None  # why a Promoted rollout's target cannot go back to its previous template
 
 
@@ -180,6 +182,12 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
                 return Step("rollback", "RolledBack", "CanaryNotReady",
                             f"canary step {i + 1} was not Available within {ready_timeout:g}s; production restored")
             return Step("wait", "Canary", "CanaryStep", f"canary step {i + 1}: waiting for the canary replicas", i)
+        total = int(status.get("previousReplicas") or 0)
+        if total and obs.production_replicas is not None:  # production gives way once the canary serves
+            production = canary_split(total, steps[i].weight)[1]
+            if obs.production_replicas != production:
+                return Step("scale", "Canary", "CanaryStep",
+                            f"canary step {i + 1}: production to {production} of {total} replicas", i)
         taken = measurements(status, i)
         result, why = analysis.outcome(gates, taken)
         if result is analysis.StepOutcome.FAILED:
@@ -211,11 +219,15 @@ def measurements(status: Mapping[str, Any], step: int) -> list[Mapping[str, Any]
     return []
 
 
-def canary_replicas(production_replicas: int, weight: int) -> int:
-    """Candidate replicas beside production so that they take about `weight` percent of traffic."""
+def canary_split(total: int, weight: int) -> tuple[int, int]:
+    """(canary, production) replicas for a step: the candidate's share of the `total` serving pods is
+    `weight` percent within one pod (half rounds up), total constant as in Argo's basic canary; the
+    canary has at least one pod and production keeps one until weight 100, which is all candidate."""
+    total = max(1, total)
     if weight >= 100:
-        return max(1, production_replicas)
-    return max(1, round(production_replicas * weight / (100 - weight)))
+        return total, 0
+    canary = max(1, math.floor(total * weight / 100 + 0.5))
+    return canary, max(1, total - canary)
 
 
 def candidate_template(template: Mapping[str, Any], image: str | None, env: Sequence[Mapping[str, str]],

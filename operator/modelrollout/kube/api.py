@@ -274,14 +274,19 @@ class Kube:
                 raise
         return True
 
-    def replace_template(self, ns: str, name: str, template: Mapping[str, Any], uid: str) -> None:
-        """Set a Deployment's whole pod template (a JSON patch: nothing of the old one survives).
+    def replace_template(self, ns: str, name: str, template: Mapping[str, Any] | None, uid: str,
+                         replicas: int | None = None) -> None:
+        """Set a Deployment's whole pod template (a JSON patch: nothing of the old one survives) and/or
+        its replicas, in one write.
 
         The `test` of the UID makes the patch fail if the target was deleted and re-created since it was read.
         """
-        self._call(self.apps.patch_namespaced_deployment, name, ns,
-                   [{"op": "test", "path": "/metadata/uid", "value": uid},
-                    {"op": "replace", "path": "/spec/template", "value": dict(template)}])
+        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+        if template is not None:
+            ops.append({"op": "replace", "path": "/spec/template", "value": dict(template)})
+        if replicas is not None:
+            ops.append({"op": "replace", "path": "/spec/replicas", "value": replicas})
+        self._call(self.apps.patch_namespaced_deployment, name, ns, ops)
 
     def patch_status(self, ns: str, name: str, status: Mapping[str, Any]) -> None:
         self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, PLURAL, name,
