@@ -33,6 +33,7 @@ from modelrollout.core.decide import (
     decide,
     measurements,
 )
+from modelrollout.core.queue import StagingQueue
 from modelrollout.core.spec import ModelRolloutSpec, SpecError, parse_spec
 from modelrollout.core.text import cap
 from modelrollout.evaluations import Evaluations
@@ -83,11 +84,11 @@ class Controller:
     metrics: OperatorMetrics
     evaluations: Evaluations | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    # uid -> (phase, queue key) of every live rollout this process reconciled: the staging queue
-    phases: dict[str, tuple[str, tuple[str, str, str]]] = field(default_factory=dict)
+    queue: StagingQueue | None = None
 
     def __post_init__(self) -> None:
         self.evaluations = self.evaluations or Evaluations(self.kube, self.settings, self.metrics)
+        self.queue = self.queue or StagingQueue(self.settings.max_concurrent_stagings)
         self.kube.on_call = self.metrics.api_requests.inc
 
     @property
@@ -160,13 +161,13 @@ class Controller:
         if phase == "Promoted" and obs["annotations"].get(ANNOTATION_UNDO) == "true":
             target, obs["undo_blocked"] = await self._undoable(ns, spec, status)
         if phase in ("Pending", "Waiting") and spec is not None and not obs.get("blocked_by"):
-            obs["queue_full"] = self._staging_queue(meta)
+            assert self.queue is not None
+            if self.queue.needs_seed(ns):  # after a restart: who holds a slot is in status
+                self.queue.seed(ns, await run(self.kube.list_rollouts, ns))
+            obs["queue_full"] = self.queue.why_wait(meta)
         step = decide(spec, status, Observed(**obs))
-        # recorded before any await, so concurrent reconciles of other rollouts see the slot taken
-        if step.phase in TERMINAL:
-            self.phases.pop(meta["uid"], None)
-        else:  # one waiting for its target does not hold a place in the staging queue
-            self.phases[meta["uid"]] = ("Blocked" if step.reason == "TargetBusy" else step.phase, _queue_key(meta))
+        assert self.queue is not None  # recorded before any await, so other reconciles see the slot taken
+        self.queue.note(meta, step.phase, blocked=step.reason == "TargetBusy")
         try:
             await self.apply(body, spec, status, step, target)
         except NotOwned as e:
@@ -208,19 +209,6 @@ class Controller:
             return (f"spec.staging.namespace: namespace {sns!r} does not exist or has not opted in to staging for "
                     f"{ns!r} (its owner sets the annotation {ANNOTATION_STAGING_FOR}: {ns}); nothing was created",
                     "StagingNamespaceNotAllowed")
-        return None
-
-    def _staging_queue(self, meta: Mapping[str, Any]) -> str | None:
-        """Why this rollout may not stage yet: the slots are taken, or earlier rollouts queue for them."""
-        limit = self.settings.max_concurrent_stagings
-        others = [v for uid, v in self.phases.items() if uid != meta["uid"]]
-        busy = sum(1 for ph, _ in others if ph in ("Staging", "Evaluating"))
-        if busy >= limit:
-            return f"{busy} rollouts are staging or evaluating (at most {limit} at once)"
-        me = _queue_key(meta)
-        ahead = sum(1 for ph, key in others if ph in ("Pending", "Waiting") and key < me)
-        if ahead >= limit - busy:
-            return f"{ahead} earlier rollouts are queued for the {limit - busy} free staging slots"
         return None
 
     async def _blocker(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> str | None:
@@ -407,7 +395,8 @@ class Controller:
             spec = parse_spec(body.get("spec"))
         await self._cleanup(body, spec, dict(body.get("status") or {}))
         self.ev.forget(body["metadata"]["uid"])
-        self.phases.pop(body["metadata"]["uid"], None)
+        assert self.queue is not None
+        self.queue.drop(body["metadata"]["uid"])
         self.metrics.forget(body["metadata"]["name"], body["metadata"]["namespace"])
 
     async def _measure(self, body: Mapping[str, Any], spec: ModelRolloutSpec, status: dict[str, Any], i: int,
@@ -443,10 +432,6 @@ def _closed(records: list[dict[str, Any]], outcome: str) -> list[dict[str, Any]]
     if records and records[-1].get("outcome") == "Running":
         return [*records[:-1], {**records[-1], "outcome": outcome}]
     return list(records)
-
-
-def _queue_key(meta: Mapping[str, Any]) -> tuple[str, str, str]:
-    return (str(meta.get("creationTimestamp") or ""), str(meta["namespace"]), str(meta["name"]))
 
 
 def _api_reason(e: ApiException) -> str:
