@@ -1,0 +1,147 @@
+"""reconcile, phase by phase, on an in-memory Kube: canary weights, live gates, promotion, undo, faults.
+
+The evaluation itself (real model servers) and the real API server are the e2e tests' job; here
+a rollout starts from an evaluation that already said Promote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry
+
+from modelrollout.controller import Controller
+from modelrollout.opmetrics import OperatorMetrics
+from modelrollout.settings import Settings
+from tests.unit.fake_kube import FakeKube
+
+NS = "ml"
+TEMPLATE = {"metadata": {"labels": {"app": "churn"}}, "spec": {"containers": [{"name": "s", "image": "churn:7"}]}}
+
+
+def world(steps: list[dict[str, Any]], gates: list[dict[str, Any]] | None = None,
+          replicas: int = 4) -> tuple[Controller, FakeKube]:
+    kube = FakeKube()
+    kube.objects["Deployment", NS, "churn"] = {
+        "kind": "Deployment", "metadata": {"name": "churn", "namespace": NS, "uid": "target-uid"},
+        "spec": {"replicas": replicas, "template": copy.deepcopy(TEMPLATE)}}
+    spec = {"targetRef": {"name": "churn"}, "task": "binary-classification", "serving": {"modelName": "m"},
+            "candidate": {"image": "churn:8"}, "holdout": {"configMapRef": {"name": "h", "key": "k"},
+                                                         "labelColumn": "y"},
+            "gates": [{"metric": "f1", "min": 0.5}],
+            "promotion": {"canary": {"steps": steps}, "gates": gates or []}}
+    kube.rollouts[NS, "r"] = {
+        "apiVersion": "modelrollout.dev/v1alpha1", "kind": "ModelRollout",
+        "metadata": {"name": "r", "namespace": NS, "uid": "r-uid", "generation": 1,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": spec,
+        "status": {"phase": "Evaluating", "observedGeneration": 1, "previousTemplate": copy.deepcopy(TEMPLATE),
+                   "evaluation": {"outcome": "Promote", "generation": 1, "startedAt": "2026-01-01T00:00:00Z"}}}
+    return Controller(kube, Settings(), OperatorMetrics(CollectorRegistry())), kube
+
+
+def step(c: Controller, kube: FakeKube) -> dict[str, Any]:
+    asyncio.run(c.reconcile(kube.rollouts[NS, "r"]))
+    return dict(kube.rollouts[NS, "r"]["status"])
+
+
+def target(kube: FakeKube) -> dict[str, Any]:
+    return kube.objects["Deployment", NS, "churn"]
+
+
+def canary(kube: FakeKube) -> dict[str, Any] | None:
+    return kube.objects.get(("Deployment", NS, "churn-canary"))
+
+
+def test_weights_are_shares_of_a_constant_total_then_promote_then_undo() -> None:
+    c, kube = world([{"weight": 25, "pause": "10ms"}, {"weight": 100, "pause": "10ms"}])
+    st = step(c, kube)  # Evaluating -> Canary step 1: 1 of 4 pods
+    assert (st["phase"], st["canary"]["replicas"], st["previousReplicas"]) == ("Canary", 1, 4)
+    assert canary(kube)["spec"]["replicas"] == 1 and target(kube)["spec"]["replicas"] == 4  # not before Available
+    st = step(c, kube)  # the canary is Available: production gives way
+    assert target(kube)["spec"]["replicas"] == 3 and "production to 3 of 4" in st["message"]
+    time.sleep(0.02)
+    st = step(c, kube)  # pause over, no live gates: step 2, all candidate
+    assert st["canary"]["step"] == 1 and canary(kube)["spec"]["replicas"] == 4
+    step(c, kube)
+    assert target(kube)["spec"]["replicas"] == 0
+    time.sleep(0.02)
+    st = step(c, kube)
+    assert st["phase"] == "Promoted" and canary(kube) is None
+    assert target(kube)["spec"]["replicas"] == 4
+    assert target(kube)["spec"]["template"]["spec"]["containers"][0]["image"] == "churn:8"
+    assert [(r["step"], r["weight"], r["outcome"]) for r in st["canary"]["steps"]] == [(1, 25, "Passed"),
+                                                                                   (2, 100, "Passed")]
+    # production's template changed in exactly one write, together with its replicas
+    assert [w for w in kube.writes if "template=new" in w] == ["target template=new replicas=4"]
+    # undo: the exact previous template comes back
+    kube.rollouts[NS, "r"]["metadata"]["annotations"] = {"modelrollout.dev/undo": "true"}
+    st = step(c, kube)
+    assert (st["phase"], st["reason"]) == ("RolledBack", "Undone") and target(kube)["spec"]["template"] == TEMPLATE
+
+
+def test_undo_refuses_when_someone_changed_the_target_since() -> None:
+    c, kube = world([{"weight": 50, "pause": "10ms"}])
+    for _ in range(3):
+        step(c, kube)
+        time.sleep(0.02)
+    assert kube.rollouts[NS, "r"]["status"]["phase"] == "Promoted"
+    target(kube)["spec"]["template"]["metadata"]["labels"]["hotfix"] = "1"
+    kube.rollouts[NS, "r"]["metadata"]["annotations"] = {"modelrollout.dev/undo": "true"}
+    st = step(c, kube)
+    assert (st["phase"], st["reason"]) == ("Promoted", "UndoRefused") and "changed after" in st["message"]
+    assert target(kube)["spec"]["template"]["metadata"]["labels"]["hotfix"] == "1"
+
+
+def test_a_failing_live_gate_rolls_back_and_production_gets_its_replicas_back() -> None:
+    # no Prometheus is configured: the gate cannot pass, which is a Fail, never a pass
+    c, kube = world([{"weight": 50, "pause": "10ms"}], [{"name": "errors", "query": 'e{namespace="ml"}', "max": 0}])
+    step(c, kube)
+    step(c, kube)
+    assert target(kube)["spec"]["replicas"] == 2
+    time.sleep(0.02)
+    st = step(c, kube)
+    assert (st["phase"], st["reason"]) == ("RolledBack", "CanaryGateFailed"), st["message"]
+    assert "errors: promotion.gates are set but the operator has no Prometheus" in st["message"]
+    assert target(kube)["spec"]["replicas"] == 4 and target(kube)["spec"]["template"] == TEMPLATE
+    assert canary(kube) is None
+    [record] = st["canary"]["steps"]
+    assert record["outcome"] == "Failed" and record["measurements"][0]["verdict"] == "Fail"
+
+
+def test_a_transient_api_error_is_retried_and_nothing_is_half_applied() -> None:
+    c, kube = world([{"weight": 50, "pause": "10ms"}])
+    step(c, kube)
+    kube.faults["replace_template"] = ApiException(status=503, reason="unavailable")
+    with pytest.raises(ApiException):  # kopf retries the handler
+        step(c, kube)
+    assert target(kube)["spec"]["replicas"] == 4 and kube.rollouts[NS, "r"]["status"]["phase"] == "Canary"
+    step(c, kube)
+    assert target(kube)["spec"]["replicas"] == 2
+
+
+def test_a_squatted_canary_name_fails_and_production_is_untouched() -> None:
+    c, kube = world([{"weight": 50, "pause": "10ms"}])
+    kube.objects["Deployment", NS, "churn-canary"] = {"kind": "Deployment",
+                                                      "metadata": {"name": "churn-canary", "uid": "someone"},
+                                                      "spec": {"replicas": 9}}
+    st = step(c, kube)
+    assert (st["phase"], st["reason"]) == ("Failed", "NotOwned")
+    assert canary(kube) is not None and canary(kube)["spec"]["replicas"] == 9  # left alone
+    assert target(kube)["spec"] == {"replicas": 4, "template": TEMPLATE}
+
+
+def test_a_spec_change_mid_canary_gives_production_its_replicas_back() -> None:
+    c, kube = world([{"weight": 50, "pause": "1h"}])
+    step(c, kube)
+    step(c, kube)
+    assert target(kube)["spec"]["replicas"] == 2
+    kube.rollouts[NS, "r"]["metadata"]["generation"] = 2
+    st = step(c, kube)
+    assert (st["phase"], st["reason"]) == ("Pending", "SpecChanged")
+    assert target(kube)["spec"]["replicas"] == 4 and canary(kube) is None and "previousReplicas" not in st
