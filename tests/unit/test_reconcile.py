@@ -54,8 +54,8 @@ def target(kube: FakeKube) -> dict[str, Any]:
     return kube.objects["Deployment", NS, "churn"]
 
 
-def canary(kube: FakeKube) -> dict[str, Any] | None:
-    return kube.objects.get(("Deployment", NS, "churn-canary"))
+def canary(kube: FakeKube) -> dict[str, Any]:
+    return kube.objects.get(("Deployment", NS, "churn-canary")) or {}
 
 
 def test_weights_are_shares_of_a_constant_total_then_promote_then_undo() -> None:
@@ -72,7 +72,7 @@ def test_weights_are_shares_of_a_constant_total_then_promote_then_undo() -> None
     assert target(kube)["spec"]["replicas"] == 0
     time.sleep(0.02)
     st = step(c, kube)
-    assert st["phase"] == "Promoted" and canary(kube) is None
+    assert st["phase"] == "Promoted" and canary(kube) == {}
     assert target(kube)["spec"]["replicas"] == 4
     assert target(kube)["spec"]["template"]["spec"]["containers"][0]["image"] == "churn:8"
     assert [(r["step"], r["weight"], r["outcome"]) for r in st["canary"]["steps"]] == [(1, 25, "Passed"),
@@ -109,7 +109,7 @@ def test_a_failing_live_gate_rolls_back_and_production_gets_its_replicas_back() 
     assert (st["phase"], st["reason"]) == ("RolledBack", "CanaryGateFailed"), st["message"]
     assert "errors: promotion.gates are set but the operator has no Prometheus" in st["message"]
     assert target(kube)["spec"]["replicas"] == 4 and target(kube)["spec"]["template"] == TEMPLATE
-    assert canary(kube) is None
+    assert canary(kube) == {}
     [record] = st["canary"]["steps"]
     assert record["outcome"] == "Failed" and record["measurements"][0]["verdict"] == "Fail"
 
@@ -132,7 +132,7 @@ def test_a_squatted_canary_name_fails_and_production_is_untouched() -> None:
                                                       "spec": {"replicas": 9}}
     st = step(c, kube)
     assert (st["phase"], st["reason"]) == ("Failed", "NotOwned")
-    assert canary(kube) is not None and canary(kube)["spec"]["replicas"] == 9  # left alone
+    assert canary(kube)["spec"]["replicas"] == 9  # left alone
     assert target(kube)["spec"] == {"replicas": 4, "template": TEMPLATE}
 
 
@@ -144,4 +144,4 @@ def test_a_spec_change_mid_canary_gives_production_its_replicas_back() -> None:
     kube.rollouts[NS, "r"]["metadata"]["generation"] = 2
     st = step(c, kube)
     assert (st["phase"], st["reason"]) == ("Pending", "SpecChanged")
-    assert target(kube)["spec"]["replicas"] == 4 and canary(kube) is None and "previousReplicas" not in st
+    assert target(kube)["spec"]["replicas"] == 4 and canary(kube) == {} and "previousReplicas" not in st
