@@ -6,7 +6,6 @@ Exit codes: 0 the decision is to promote, 1 it is not, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,17 +15,11 @@ import yaml
 
 from modelrollout.core.engine import Predicted, build_report, score_quality
 from modelrollout.core.quality import DataError
-from modelrollout.core.report import Report, to_json, to_markdown, to_text
 from modelrollout.core.spec import SpecError, parse_gates_file
 from modelrollout.holdout import prepare, read_predictions, read_table
+from modelrollout.outputs import EXIT_BAD_INPUT, EXIT_PROMOTE, EXIT_REJECT, UsageError, write_outputs
 from modelrollout.serving.client import ServerError
 from modelrollout.serving.options import add_serve_arguments
-
-EXIT_PROMOTE, EXIT_REJECT, EXIT_BAD_INPUT = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad input from the command line; printed without a traceback, exit 2."""
 
 
 def _load_yaml(path: str) -> Any:
@@ -36,14 +29,6 @@ def _load_yaml(path: str) -> Any:
         raise UsageError(f"{path}: no such file") from None
     except yaml.YAMLError as e:
         raise UsageError(f"{path}: not valid YAML ({e})") from None
-
-
-def write_outputs(rep: Report, args: argparse.Namespace) -> None:
-    print(to_text(rep))
-    if getattr(args, "output", None):
-        Path(args.output).write_text(json.dumps(to_json(rep), indent=2) + "\n")
-    if getattr(args, "markdown", None):
-        Path(args.markdown).write_text(to_markdown(rep))
 
 
 def cmd_score(args: argparse.Namespace) -> int:

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from modelrollout import canary_gates
 from modelrollout.core import canary as analysis
 from modelrollout.core.decide import (
@@ -38,7 +36,7 @@ from modelrollout.core.spec import ModelRolloutSpec, SpecError, parse_spec
 from modelrollout.core.text import cap
 from modelrollout.evaluations import Evaluations
 from modelrollout.kube import objects
-from modelrollout.kube.api import Kube, NotOwned, run
+from modelrollout.kube.api import ApiException, Kube, NotOwned, run
 from modelrollout.opmetrics import OperatorMetrics
 from modelrollout.settings import Settings
 
