@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client.exceptions import ApiException as ApiException  # re-exported: only kube/ imports the client
 from kubernetes.utils import parse_quantity
 
 from modelrollout.core.capacity import Node
