@@ -38,8 +38,10 @@ def test_model_server_faults_roll_back_with_the_fault_named(scenario: Scenario, 
     before = scenario.template()
     cand = f"http://127.0.0.1:{free_port()}" if mode == "refused" else scenario.op.serve(models.good, mode)
     name = f"fault-{mode.replace('_', '-')}"
+    # the evaluation waits up to readyTimeout for a server that refuses connections: 10 s is plenty here
     scenario.rollout(name, cand, scenario.op.serve(models.production), GATES,
-                     serving={"modelName": "m", "timeout": "2s", "maxResponseSize": "1Mi"})
+                     serving={"modelName": "m", "timeout": "2s", "maxResponseSize": "1Mi"},
+                     staging={"readyTimeout": "10s" if mode == "refused" else "60s"})
     st = scenario.wait_phase(name, TERMINAL)
     assert st["phase"] == "RolledBack" and st["reason"] == "EvaluationFailed", st.get("message")
     assert words in st["message"] and "candidate server" in st["message"], st["message"]

@@ -67,7 +67,10 @@ def test_bad_candidates_are_rolled_back_with_the_gate_named(scenario: Scenario, 
                    "leaking": (models.good, "leak"), "too-big": (models.good, "fat")}[kind]
     cand, base = scenario.op.serve(model, mode), scenario.op.serve(models.production)
     gates = [{"metric": "f1", "min": 0.0}, gate]
-    scenario.rollout(kind, cand, base, gates)
+    # a server that takes 20 ms per request one at a time would spend a minute on the default leak probe
+    leak = {"load": {"duration": "1s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 0}} \
+        if kind == "slower" else {}
+    scenario.rollout(kind, cand, base, gates, **leak)
     st = scenario.wait_phase(kind, {"Promoted", "RolledBack", "Failed"})
     assert st["phase"] == "RolledBack", st.get("message")
     assert st["reason"] == "GatesFailed" and reason_words in st["message"], st["message"]

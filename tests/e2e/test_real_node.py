@@ -80,10 +80,14 @@ def test_helm_install_stage_canary_promote_and_roll_back(real_node: RealNode, mo
     node.apply([load_job(node, USER, "churn", seconds=400)])
     canary_rate = f'sum(rate(modelserver_requests_total{{namespace="{USER}", pod=~"churn-canary-.*"}}[20s]))'
     errors = (f'sum(rate(modelserver_errors_total{{namespace="{USER}", pod=~"churn-canary-.*"}}[20s])) or vector(0)')
+    # the share of requests the canary pods served through production's Service, in the step's last 15 s
+    share = (f'sum(rate(modelserver_requests_total{{namespace="{USER}", pod=~"churn-canary-.*"}}[15s])) / '
+             f'sum(rate(modelserver_requests_total{{namespace="{USER}", pod=~"churn-.*"}}[15s]))')
     node.rollout(USER, "good", "churn", server_args("good.skops"), promotion={
-        "canary": {"steps": [{"weight": 50, "pause": "20s"}]},
+        "canary": {"steps": [{"weight": 50, "pause": "25s"}]},
         "gates": [{"name": "canary-serves", "query": canary_rate, "min": 0.5},
-                  {"name": "canary-errors", "query": errors, "max": 0.01}]})
+                  {"name": "canary-errors", "query": errors, "max": 0.01},
+                  {"name": "canary-share", "query": share, "min": 0, "dryRun": True}]})
     st = node.wait_phase(USER, "good", {"Promoted", "RolledBack", "Failed"}, timeout=420)
     assert st["phase"] == "Promoted", st
     # Real figures: memory from the containers' cgroups through metrics.k8s.io, capacity from the node.
@@ -93,6 +97,13 @@ def test_helm_install_stage_canary_promote_and_roll_back(real_node: RealNode, mo
     alloc = node.get("default", "node", "mr-node")["status"]["allocatable"]["memory"]
     fit = st["capacity"]["replicasFit"]["candidate"]
     assert 1 <= fit <= int(alloc.removesuffix("Ki")) // 1024 // 200, (fit, alloc)
+    # Weight 50 of 2 replicas: production gave one pod to the canary, so the canary served half the
+    # requests (one new connection each, ~200 in the window: 0.4..0.6 is 3 standard deviations; with
+    # production not scaled down it would serve a third).
+    [record] = st["canary"]["steps"]
+    measured = {m["gate"]: m for m in record["measurements"]}
+    assert 0.4 <= measured["canary-share"]["value"] <= 0.6, measured["canary-share"]
+    assert node.get(USER, "deployment", "churn")["spec"]["replicas"] == 2  # given back on promotion
     # The canary pods served production traffic (the gate said so, and Prometheus still has it).
     served = node.prometheus.query(f'max_over_time(({canary_rate})[10m:5s])')
     assert served and float(served[0]["value"][1]) > 0.5, served

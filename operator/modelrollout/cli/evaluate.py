@@ -8,12 +8,12 @@ from pathlib import Path
 
 import yaml
 
+from modelrollout.cli.demo import progress, this_machine
+from modelrollout.cli.outputs import EXIT_PROMOTE, EXIT_REJECT, UsageError, write_outputs
 from modelrollout.core.spec import ModelRolloutSpec, parse_manifest
-from modelrollout.demo import progress, this_machine
 from modelrollout.evaluation import Variant, evaluate_servers
 from modelrollout.exporter import export
 from modelrollout.holdout import prepare, read_table
-from modelrollout.outputs import EXIT_PROMOTE, EXIT_REJECT, UsageError, write_outputs
 from modelrollout.probes.resources import PrometheusSource, Source
 from modelrollout.serving.client import Endpoint
 

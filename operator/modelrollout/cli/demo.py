@@ -117,7 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 for label, url, pid in (("candidate", cand_url, cand_pid), ("baseline", base_url, base_pid))]
             rep, measured = asyncio.run(evaluate_servers(spec, hold, variants[0], variants[1], this_machine(),
                                                          progress))
-    from modelrollout.report_files import curves_plot, memory_plot, sweep_plot, write_report_dir
+    from modelrollout.cli.report_files import curves_plot, memory_plot, sweep_plot, write_report_dir
 
     scores = {k: m.prediction.proba[:, 1] for k, m in measured.items() if m.prediction.proba is not None}
     plots = {

@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
+from modelrollout.cli.outputs import EXIT_BAD_INPUT, EXIT_PROMOTE, EXIT_REJECT, UsageError, write_outputs
 from modelrollout.core.engine import Predicted, build_report, score_quality
 from modelrollout.core.quality import DataError
 from modelrollout.core.spec import SpecError, parse_gates_file
 from modelrollout.holdout import prepare, read_predictions, read_table
-from modelrollout.outputs import EXIT_BAD_INPUT, EXIT_PROMOTE, EXIT_REJECT, UsageError, write_outputs
 from modelrollout.serving.client import ServerError
 from modelrollout.serving.options import add_serve_arguments
 
@@ -53,14 +53,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from modelrollout.demo import run_demo
+    from modelrollout.cli.demo import run_demo
 
     code: int = run_demo(args)
     return code
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from modelrollout.evaluate import run_evaluate
+    from modelrollout.cli.evaluate import run_evaluate
 
     code: int = run_evaluate(args)
     return code
