@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import modelrollout.core
+from tests.unit.test_layering import imports
 
 CORE = Path(modelrollout.core.__file__).parent
 FORBIDDEN = {
@@ -18,21 +18,11 @@ OWN_IO = {"modelrollout.kube", "modelrollout.serving", "modelrollout.probes", "m
           "modelrollout.exporter", "modelrollout.cli", "modelrollout.holdout"}
 
 
-def _imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
 def test_core_sources_import_no_io_library() -> None:
     files = sorted(CORE.rglob("*.py"))
     assert len(files) >= 5
     for f in files:
-        for name in _imports(f):
+        for name in imports(f):
             top = name.split(".")[0]
             assert top not in FORBIDDEN, f"{f.name} imports {name}"
             assert not any(name == m or name.startswith(m + ".") for m in OWN_IO), f"{f.name} imports {name}"

@@ -16,7 +16,7 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
+def imports(path: Path) -> set[str]:
     """Every module this file imports, at any depth (a function-level import is still a dependency)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -28,7 +28,7 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-GRAPH = {_module(p): _imports(p) for p in PKG.rglob("*.py")}
+GRAPH = {_module(p): imports(p) for p in PKG.rglob("*.py")}
 
 
 def test_only_kube_imports_the_kubernetes_client_and_only_handlers_import_kopf() -> None:
