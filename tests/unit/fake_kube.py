@@ -10,14 +10,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout.kube.api import Kube, NotOwned
 from modelrollout.kube.objects import owned_by
 
 ObjKey = tuple[str, str, str]  # kind, namespace, name
+CRD = Path(__file__).resolve().parents[2] / "crds" / "modelrollouts.modelrollout.dev.yaml"
+STATUS_FIELDS = set(yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+                    ["properties"]["status"]["properties"])
 
 
 @dataclass
@@ -47,7 +52,9 @@ class FakeKube(Kube):
     def patch_status(self, ns: str, name: str, status: Mapping[str, Any]) -> None:
         self._fault("patch_status")
         st = self.rollouts[ns, name].setdefault("status", {})
-        for k, v in status.items():  # a merge patch: None deletes
+        for k, v in status.items():  # a merge patch: None deletes; a field the CRD does not declare is pruned
+            if k not in STATUS_FIELDS:
+                continue
             if v is None:
                 st.pop(k, None)
             else:
