@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from modelrollout import canary_gates
@@ -39,6 +39,7 @@ from modelrollout.kube import objects
 from modelrollout.kube.api import ApiException, Kube, NotOwned, run
 from modelrollout.opmetrics import OperatorMetrics
 from modelrollout.settings import Settings
+from modelrollout.status import StatusWriter, iso, now
 
 log = logging.getLogger("modelrollout")
 ACTIVE = frozenset({"Staging", "Evaluating", "AwaitingApproval", "Canary"})
@@ -49,32 +50,6 @@ ANNOTATION_STAGING_FOR = "modelrollout.dev/staging-for"
 
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def conditions(old: list[dict[str, Any]], step: Step, generation: int, t: datetime) -> list[dict[str, Any]]:
-    """Ready (promoted), Progressing (still moving) and Waiting, by the API conventions."""
-    wanted = {
-        "Ready": ("True" if step.phase == "Promoted" else "False"),
-        "Progressing": ("False" if step.phase in TERMINAL else "True"),
-        "Waiting": ("True" if step.phase in ("Waiting", "AwaitingApproval") else "False"),
-    }
-    prev = {c["type"]: c for c in old}
-    out = []
-    for typ, status in wanted.items():
-        p = prev.get(typ, {})
-        changed = p.get("status") != status
-        since = iso(t) if changed or "lastTransitionTime" not in p else p["lastTransitionTime"]
-        out.append({"type": typ, "status": status, "reason": step.reason, "message": step.message,
-                    "lastTransitionTime": since, "observedGeneration": generation})
-    return out
-
-
 @dataclass
 class Controller:
     kube: Kube
@@ -83,11 +58,19 @@ class Controller:
     evaluations: Evaluations | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     queue: StagingQueue | None = None
+    writer: StatusWriter | None = None
 
     def __post_init__(self) -> None:
         self.evaluations = self.evaluations or Evaluations(self.kube, self.settings, self.metrics)
         self.queue = self.queue or StagingQueue(self.settings.max_concurrent_stagings)
+        self.writer = self.writer or StatusWriter(self.kube, self.metrics)
+        self.evaluations.writer = self.writer
         self.kube.on_call = self.metrics.api_requests.inc
+
+    @property
+    def status(self) -> StatusWriter:
+        assert self.writer is not None
+        return self.writer
 
     @property
     def ev(self) -> Evaluations:
@@ -328,28 +311,7 @@ class Controller:
             await self._restore(body, spec, status, target)
             await self._cleanup(body, spec, status)
             patch["decision"] = {"result": "Failed", "reason": step.message, "at": iso(now())}
-        await self._patch(body, status, patch, step, gen)
-
-    async def _patch(self, body: Mapping[str, Any], status: Mapping[str, Any], patch: dict[str, Any], step: Step,
-                     gen: int) -> None:
-        meta = body["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        changed = (status.get("phase"), status.get("reason"), status.get("message")) != (
-            step.phase, step.reason, step.message)
-        if not changed and not patch:
-            return
-        t = now()
-        patch.update({"phase": step.phase, "reason": step.reason, "message": cap(step.message),
-                      "observedGeneration": gen, "conditions": conditions(list(status.get("conditions") or []),
-                                                                          step, gen, t)})
-        await run(self.kube.patch_status, ns, name, patch)
-        self.metrics.set_phase(name, ns, step.phase)
-        if status.get("phase") != step.phase or status.get("reason") != step.reason:
-            warning = step.phase in ("RolledBack", "Failed")
-            await run(self.kube.event, body, step.reason, f"{step.phase}: {step.message}", warning)
-            if step.phase in TERMINAL:
-                self.metrics.decisions.labels(ns, step.phase).inc()
-            log.info("%s/%s: %s (%s) %s", ns, name, step.phase, step.reason, step.message)
+        await self.status.transition(body, status, patch, step, gen)
 
     async def _restore(self, body: Mapping[str, Any], spec: ModelRolloutSpec | None, status: Mapping[str, Any],
                        target: Mapping[str, Any] | None) -> None:
@@ -417,7 +379,7 @@ class Controller:
         records = [r for r in canary.get("steps") or [] if r.get("step") != i + 1]
         record = next((r for r in canary.get("steps") or [] if r.get("step") == i + 1), {"step": i + 1})
         canary["steps"] = [*records, {**record, "outcome": str(result), "measurements": taken}]
-        await run(self.kube.patch_status, meta["namespace"], meta["name"], {"canary": canary})
+        await self.status.record(meta, {"canary": canary})
         self.metrics.canary(meta["name"], meta["namespace"], i + 1, taken)
         status = {**status, "canary": canary}
         obs = Observed(generation=int(meta.get("generation", 1)), now=now(),

@@ -31,6 +31,7 @@ from modelrollout.opmetrics import OperatorMetrics
 from modelrollout.probes.resources import PodUsage, PrometheusSource, Source, UsageSource
 from modelrollout.serving.client import Endpoint, ServerError
 from modelrollout.settings import Settings
+from modelrollout.status import StatusWriter
 
 log = logging.getLogger("modelrollout")
 POD_STATUS_SETTLE = 5.0  # seconds for the kubelet to report why a server its clients saw die died
@@ -51,6 +52,7 @@ class Evaluations:
     holdouts: dict[str, Holdout] = field(default_factory=dict)
     semaphore: asyncio.Semaphore | None = None
     reach: holdout_source.Reach = field(default_factory=holdout_source.Reach.from_env)
+    writer: StatusWriter | None = None  # the controller's: evaluation figures are one of its records
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_evaluations)
@@ -122,7 +124,8 @@ class Evaluations:
                     if err:
                         raise DataError(err[0])
                 report = await self._run_evaluation(body, spec, self.holdouts[key])
-                await run(self.kube.patch_status, ns, name, {
+                assert self.writer is not None
+                await self.writer.record(meta, {
                     "candidate": {"metrics": _finite(report.evidence.candidate),
                                   "intervals": {k: iv.as_dict() for k, iv in report.evidence.intervals.items()},
                                   "deltaIntervals": {k: iv.as_dict()

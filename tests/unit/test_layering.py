@@ -71,3 +71,8 @@ def test_no_import_cycles() -> None:
 def test_the_checks_see_the_whole_package() -> None:
     assert len(GRAPH) >= 30 and "modelrollout.controller" in GRAPH
     assert "modelrollout.kube.api" in GRAPH["modelrollout.controller"]
+
+
+def test_status_has_one_writer() -> None:
+    writers = {_module(p) for p in PKG.rglob("*.py") if "patch_status" in p.read_text()}
+    assert writers == {"modelrollout.kube.api", "modelrollout.status"}, writers

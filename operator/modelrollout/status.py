@@ -1,0 +1,84 @@
+"""The one writer of a rollout's status.
+
+Two kinds of write go through here and nowhere else: a transition (phase, reason, message,
+conditions, plus the fields the step sets, with an Event and the phase metric) and a record (the
+evaluation's figures, a canary step's measurements) that leaves the phase alone. Field names
+the CRD declares are the only ones written: the API server prunes the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from modelrollout.core.decide import TERMINAL, Step
+from modelrollout.core.text import cap
+from modelrollout.kube.api import Kube, run
+from modelrollout.opmetrics import OperatorMetrics
+
+log = logging.getLogger("modelrollout")
+RECORDS = frozenset({"candidate", "baseline", "gates", "capacity", "evaluation", "canary"})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def conditions(old: list[dict[str, Any]], step: Step, generation: int, t: datetime) -> list[dict[str, Any]]:
+    """Ready (promoted), Progressing (still moving) and Waiting, by the API conventions."""
+    wanted = {
+        "Ready": ("True" if step.phase == "Promoted" else "False"),
+        "Progressing": ("False" if step.phase in TERMINAL else "True"),
+        "Waiting": ("True" if step.phase in ("Waiting", "AwaitingApproval") else "False"),
+    }
+    prev = {c["type"]: c for c in old}
+    out = []
+    for typ, status in wanted.items():
+        p = prev.get(typ, {})
+        changed = p.get("status") != status
+        since = iso(t) if changed or "lastTransitionTime" not in p else p["lastTransitionTime"]
+        out.append({"type": typ, "status": status, "reason": step.reason, "message": step.message,
+                    "lastTransitionTime": since, "observedGeneration": generation})
+    return out
+
+
+@dataclass
+class StatusWriter:
+    kube: Kube
+    metrics: OperatorMetrics
+
+    async def record(self, meta: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+        """What a stage found (figures, measurements), without a transition."""
+        unknown = set(fields) - RECORDS
+        if unknown:
+            raise ValueError(f"not a record field: {sorted(unknown)}")
+        await run(self.kube.patch_status, meta["namespace"], meta["name"], dict(fields))
+
+    async def transition(self, body: Mapping[str, Any], status: Mapping[str, Any], patch: dict[str, Any],
+                         step: Step, generation: int) -> None:
+        """Write the step's phase, reason and message with `patch`; an Event when the reason changes."""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        changed = (status.get("phase"), status.get("reason"), status.get("message")) != (
+            step.phase, step.reason, step.message)
+        if not changed and not patch:
+            return
+        t = now()
+        patch.update({"phase": step.phase, "reason": step.reason, "message": cap(step.message),
+                      "observedGeneration": generation,
+                      "conditions": conditions(list(status.get("conditions") or []), step, generation, t)})
+        await run(self.kube.patch_status, ns, name, patch)
+        self.metrics.set_phase(name, ns, step.phase)
+        if status.get("phase") != step.phase or status.get("reason") != step.reason:
+            warning = step.phase in ("RolledBack", "Failed")
+            await run(self.kube.event, body, step.reason, f"{step.phase}: {step.message}", warning)
+            if step.phase in TERMINAL:
+                self.metrics.decisions.labels(ns, step.phase).inc()
+            log.info("%s/%s: %s (%s) %s", ns, name, step.phase, step.reason, step.message)
