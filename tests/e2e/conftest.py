@@ -255,8 +255,14 @@ class Scenario:
 
     def rollout(self, name: str, candidate: str, baseline: str, gates: list[dict[str, Any]],
                 **spec: Any) -> None:
+        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(self.body(name, candidate, baseline, gates,
+                                                                                 **spec)))
+
+    def body(self, name: str, candidate: str, baseline: str, gates: list[dict[str, Any]],
+             **spec: Any) -> dict[str, Any]:
+        """The rollout's manifest (not applied), its staging Services mapped to these servers."""
         self.op.map({f"{self.ns}/{name}-candidate": candidate, f"{self.ns}/{name}-baseline": baseline})
-        body = {"apiVersion": "modelrollout.dev/v1alpha1", "kind": "ModelRollout",
+        return {"apiVersion": "modelrollout.dev/v1alpha1", "kind": "ModelRollout",
                 "metadata": {"name": name, "namespace": self.ns},
                 "spec": {"targetRef": {"name": self.target}, "task": "binary-classification",
                          "candidate": {"image": "registry.example/churn:8",
@@ -266,7 +272,6 @@ class Scenario:
                          "holdout": {"configMapRef": {"name": "holdout", "key": "holdout.csv"}, "labelColumn": "label"},
                          "load": {"duration": "1s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 3000},
                          "quality": {"resamples": 200}, "gates": gates, **spec}}
-        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(self.get("modelrollout", name).get("status") or {})

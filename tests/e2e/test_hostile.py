@@ -3,7 +3,8 @@
 Each manifest of the table is applied with `kubectl apply` by a tenant of one namespace. The API server
 rejects it naming the field, or the operator ends it Failed/RolledBack with the reason the table states.
 After the whole table: every production Deployment (the tenant's and another tenant's) has the same spec
-and generation as before, nothing outside the rollout's reach was created, patched or deleted, the
+and generation as before (the one target a canary step reached was scaled down and back: same spec and
+template revision), nothing outside the rollout's reach was created, patched or deleted, the
 operator is still the same process, and its memory (with the hold-out parsing child) stayed under the
 chart's 1 GiB limit while it read a Parquet bomb and a 700 KiB slice cell.
 """
@@ -186,8 +187,21 @@ def _snapshot(cluster: Cluster, *namespaces: str) -> dict[str, Any]:
         items = json.loads(cluster.kubectl("-n", ns, "get", "deploy,svc,cm,secret", "-o", "json").stdout)["items"]
         for o in items:
             m = o["metadata"]
-            out[f"{o['kind']}/{ns}/{m['name']}"] = (m["uid"], m.get("generation"), o.get("spec"), o.get("data"))
+            revision = (m.get("annotations") or {}).get("deployment.kubernetes.io/revision")
+            out[f"{o['kind']}/{ns}/{m['name']}"] = (m["uid"], m.get("generation"), revision, o.get("spec"),
+                                                    o.get("data"))
     return out
+
+
+def _unchanged(before: dict[str, Any], after: dict[str, Any], scaled: str, when: str) -> None:
+    """Every object of `before` is still there, the same; `scaled` was scaled down and back by a canary step
+    (its generation moved) but has the same spec and template revision: its template was never written."""
+    for key, value in before.items():
+        now = after.get(key)
+        if key == scaled and now is not None:
+            assert now[1] > value[1] and (now[0], *now[2:]) == (value[0], *value[2:]), f"{key} changed{when}"
+            continue
+        assert now == value, f"{key} changed or vanished{when}"
 
 
 def test_hostile_manifests(cluster: Cluster, operator: Operator, models: Models, prometheus: Prometheus,
@@ -277,8 +291,8 @@ def test_hostile_manifests(cluster: Cluster, operator: Operator, models: Models,
     staged = {k for k in after if k not in before}
     assert all(k.split("/")[1] == tenant and any(k.split("/")[2].startswith(f"{n}-") for n in applied)
                for k in staged), staged
-    for key, value in before.items():
-        assert after.get(key) == value, f"{key} changed or vanished"
+    scaled = f"Deployment/{tenant}/m3"  # cross-tenant-query's canary step gave one of its pods to the canary
+    _unchanged(before, after, scaled, "")
     assert operator.proc is not None and operator.proc.pid == pid and operator.proc.poll() is None
     assert memory < CHART_LIMIT, f"operator peak {memory / 2**20:.0f} MiB"
     print(f"operator peak RSS with its children during the hostile table: {memory / 2**20:.0f} MiB")
@@ -290,8 +304,7 @@ def test_hostile_manifests(cluster: Cluster, operator: Operator, models: Models,
         time.sleep(1)
     assert not kubectl("-n", tenant, "get", "modelrollouts", "-o", "name").stdout.strip(), "finalizers left"
     after_delete = _snapshot(cluster, tenant, victim)
-    for key, value in before.items():
-        assert after_delete.get(key) == value, f"{key} changed or vanished after the rollouts were deleted"
+    _unchanged(before, after_delete, scaled, " after the rollouts were deleted")
     assert {k for k in after_delete if k not in before} == set()
     metrics = operator.metrics()
     assert f'namespace="{tenant}"' not in "\n".join(
