@@ -13,10 +13,10 @@ import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 
 from modelrollout.controller import Controller
+from modelrollout.controller.settings import Settings
 from modelrollout.core.spec import GROUP, VERSION
 from modelrollout.kube.api import Kube
 from modelrollout.opmetrics import OperatorMetrics
-from modelrollout.settings import Settings
 
 RESOURCE = (GROUP, VERSION, "modelrollouts")
 SETTINGS = Settings.from_env()

@@ -289,6 +289,34 @@ class Scenario:
     def annotate(self, name: str, key: str, value: str = "true") -> None:
         self.cluster.kubectl("-n", self.ns, "annotate", "--overwrite", "modelrollout", name, f"{key}={value}")
 
+    def hold_staging(self, on: bool) -> None:
+        """Taint the e2e node so no staging pod is scheduled (Staging holds), or lift the taint.
+
+        Holding waits until a probe pod is refused for the taint: the scheduler acts on its own cache
+        of nodes, which can lag behind the API (in one CI run two rollouts staged under the taint)."""
+        k = self.cluster.kubectl
+        if not on:
+            k("taint", "nodes", "kwok-e2e", "hold-", check=False)
+            return
+        k("taint", "nodes", "kwok-e2e", "hold=staging:NoSchedule", "--overwrite")
+        probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hold-probe", "namespace": self.ns},
+                 "spec": {"nodeSelector": {"pool": "e2e"},
+                          "containers": [{"name": "c", "image": "registry.example/p"}]}}
+        end, seen = time.monotonic() + 60, ""
+        while time.monotonic() < end:
+            k("apply", "-f", "-", input=json.dumps(probe))
+            for _ in range(20):
+                pod = self.get("pod", "hold-probe")
+                seen = json.dumps(pod.get("status", {}).get("conditions", []))[:400]
+                if pod["spec"].get("nodeName") or "taint" in seen:
+                    break
+                time.sleep(0.25)
+            k("-n", self.ns, "delete", "pod", "hold-probe", "--grace-period=0", "--force", "--wait=true",
+              check=False)
+            if not pod["spec"].get("nodeName") and "taint" in seen:
+                return
+        raise AssertionError(f"the scheduler never refused a pod for the hold taint: {seen}")
+
     def staging_objects(self, name: str) -> list[str]:
         out = self.cluster.kubectl("-n", self.ns, "get", "deploy,svc", "-l", f"modelrollout.dev/rollout={name}",
                                    "-o", "name").stdout

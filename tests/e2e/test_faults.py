@@ -208,7 +208,7 @@ def test_operator_killed_at_every_phase_boundary_resumes_to_the_same_decision(sc
     if phase is None:
         op.stop(kill=True)
     if phase == "Staging":  # no node takes the staging pods until the taint goes: Staging holds
-        scenario.cluster.kubectl("taint", "nodes", "kwok-e2e", "hold=staging:NoSchedule", "--overwrite")
+        scenario.hold_staging(True)
     gates = [*GATES, {"metric": "f1", "maxDrop": 0.02}]
     scenario.rollout(name, op.serve(models.good), op.serve(models.production), gates,
                      # no leak probe: the claim is resuming after a kill, and it halves the evaluation
@@ -221,7 +221,7 @@ def test_operator_killed_at_every_phase_boundary_resumes_to_the_same_decision(sc
         time.sleep(delay)
         op.stop(kill=True)  # SIGKILL: no cleanup, no goodbye
     if phase == "Staging":
-        scenario.cluster.kubectl("taint", "nodes", "kwok-e2e", "hold-")  # staging pods may now be scheduled
+        scenario.hold_staging(False)  # staging pods may now be scheduled
     if phase == "AwaitingApproval":
         scenario.annotate(name, "modelrollout.dev/approve")  # approved while the operator is down
     time.sleep(1.5)
@@ -290,7 +290,7 @@ def test_twenty_rollouts_at_once_all_decide_with_evaluations_bounded(scenario: S
     k("-n", ns, "wait", "--for=condition=Available", "deployment", "--all", "--timeout=120s")
     # Hold staging (no node takes staging pods until the taint goes), so the queue is seen whole: the
     # operator's default lets 4 rollouts stage at once, and the other 16 wait (StagingQueued).
-    k("taint", "nodes", "kwok-e2e", "hold=staging:NoSchedule", "--overwrite")
+    scenario.hold_staging(True)
     bodies = [Scenario(scenario.cluster, op, ns, target=f"svc{i}").body(
         f"many-{i}", good, prod, GATES if i % 4 else [{"metric": "f1", "min": 0.99}],
         load={"duration": "1s", "warmup": "100ms", "batchSizes": [1], "leakRequests": 0},
@@ -307,7 +307,7 @@ def test_twenty_rollouts_at_once_all_decide_with_evaluations_bounded(scenario: S
         time.sleep(1)
     waiting = sorted(name for name, (ph, why) in held.items() if (ph, why) == ("Waiting", "StagingQueued"))
     assert sum(1 for ph, _ in held.values() if ph == "Staging") == 4 and len(waiting) == n - 4, held
-    k("taint", "nodes", "kwok-e2e", "hold-")
+    scenario.hold_staging(False)
 
     seen, phases, staging = [], {}, []
     end = time.monotonic() + 420

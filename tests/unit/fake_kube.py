@@ -49,6 +49,9 @@ class FakeKube(Kube):
     def list_rollouts(self, ns: str) -> list[dict[str, Any]]:
         return [copy.deepcopy(r) for (n, _), r in self.rollouts.items() if n == ns]
 
+    def list_all_rollouts(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(r) for r in self.rollouts.values()]
+
     def patch_status(self, ns: str, name: str, status: Mapping[str, Any]) -> None:
         self._fault("patch_status")
         st = self.rollouts[ns, name].setdefault("status", {})

@@ -69,8 +69,20 @@ def test_no_import_cycles() -> None:
 
 
 def test_the_checks_see_the_whole_package() -> None:
-    assert len(GRAPH) >= 30 and "modelrollout.controller" in GRAPH
-    assert "modelrollout.kube.api" in GRAPH["modelrollout.controller"]
+    assert len(GRAPH) >= 30 and "modelrollout.controller.reconcile" in GRAPH
+    assert "modelrollout.kube.api" in GRAPH["modelrollout.controller.act"]
+
+
+def test_the_controller_reads_in_observe_and_writes_in_act() -> None:
+    """One direction for data: observe reads, act writes; reconcile only wires them to the core."""
+    def calls(mod: str) -> set[str]:
+        tree = ast.parse((PKG / "controller" / f"{mod}.py").read_text())
+        return {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                and isinstance(n.value, ast.Name | ast.Attribute) and ast.unparse(n.value).endswith("kube")}
+    writes = {"apply", "delete", "replace_template", "patch_status", "event", "annotate_rollout", "patch_route"}
+    assert not calls("observe") & writes, calls("observe")
+    assert calls("act") & writes
+    assert not calls("reconcile") & writes, calls("reconcile")
 
 
 def test_status_has_one_writer() -> None:

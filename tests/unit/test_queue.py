@@ -39,3 +39,27 @@ def test_after_a_restart_the_slots_held_in_status_count() -> None:
     assert q.why_wait(seen[3]["metadata"]) is None
     q.seed("ns", seen)  # what this process saw itself wins over an older status
     assert q.why_wait(seen[3]["metadata"]) is None
+
+
+def test_a_deleted_rollout_never_takes_a_slot_again() -> None:
+    """A reconcile in flight when its rollout was deleted notes its phase after the drop: ignored, so
+    the slot is not held for good (seen in CI: four deleted rollouts kept every later one queued)."""
+    q = StagingQueue(limit=1)
+    a, b = rollout("a", 1)["metadata"], rollout("b", 2)["metadata"]
+    q.note(a, "Staging")
+    q.drop(a["uid"])
+    q.note(a, "Staging")  # the late note
+    q.seed("ns", [rollout("a", 1, "Staging")])  # nor does a stale list bring it back
+    assert q.why_wait(b) is None
+
+
+def test_prune_frees_the_slots_of_rollouts_the_cluster_no_longer_holds() -> None:
+    q = StagingQueue(limit=2)
+    a, b, c = (rollout(n, i)["metadata"] for i, n in enumerate("abc"))
+    q.note(a, "Staging")
+    q.note(b, "Evaluating")
+    assert q.why_wait(c) is not None
+    assert q.prune({b["uid"], c["uid"]}) == [a["uid"]]
+    assert q.why_wait(c) is None
+    q.note(a, "Staging")
+    assert q.prune({b["uid"], c["uid"]}) == []

@@ -16,8 +16,8 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from modelrollout.controller import Controller
+from modelrollout.controller.settings import Settings
 from modelrollout.opmetrics import OperatorMetrics
-from modelrollout.settings import Settings
 from tests.unit.fake_kube import FakeKube
 
 NS = "ml"
@@ -145,3 +145,35 @@ def test_a_spec_change_mid_canary_gives_production_its_replicas_back() -> None:
     st = step(c, kube)
     assert (st["phase"], st["reason"]) == ("Pending", "SpecChanged")
     assert target(kube)["spec"]["replicas"] == 4 and canary(kube) == {} and "previousReplicas" not in st
+
+
+def test_delete_waits_for_a_reconcile_in_flight_and_frees_the_slot_for_good() -> None:
+    c, kube = world([{"weight": 50, "pause": "0s"}])
+    meta = kube.rollouts[NS, "r"]["metadata"]
+    assert c.queue is not None
+
+    async def scenario() -> None:
+        lock = c.locks.setdefault(meta["uid"], asyncio.Lock())
+        await lock.acquire()  # a reconcile in flight
+        deleting = asyncio.create_task(c.delete(copy.deepcopy(kube.rollouts[NS, "r"])))
+        await asyncio.sleep(0.05)
+        assert not deleting.done()  # the clean-up waits for it
+        c.queue.note(meta, "Staging")  # what the reconcile in flight records last
+        lock.release()
+        await deleting
+        c.queue.note(meta, "Staging")  # even later: ignored
+
+    asyncio.run(scenario())
+    assert c.queue.phases == {}
+
+
+def test_a_slot_held_by_a_rollout_gone_from_the_cluster_is_freed() -> None:
+    c, kube = world([{"weight": 50, "pause": "0s"}])
+    assert c.queue is not None
+    ghost = {"uid": "ghost", "name": "g", "namespace": NS, "creationTimestamp": "2025-01-01T00:00:00Z"}
+    c.queue.note(ghost, "Staging")  # its deletion never reached this process
+    c.queue.note(kube.rollouts[NS, "r"]["metadata"], "Staging")
+    assert asyncio.run(c._prune()) is True
+    assert set(c.queue.phases) == {"r-uid"}
+    c.queue.note(ghost, "Staging")
+    assert asyncio.run(c._prune()) is False  # checked at most every PRUNE_EVERY seconds

@@ -2,7 +2,9 @@
 
 Kept from the rollouts' own status, not only from this process's memory: after a restart the
 first reconcile in a namespace registers every rollout there from its status, so a Pending
-rollout resumed before the Staging ones cannot take a slot they hold.
+rollout resumed before the Staging ones cannot take a slot they hold. A deleted rollout never
+comes back (a reconcile still in flight when it was deleted cannot re-take its slot), and
+`prune` drops whatever the cluster no longer holds, so no slot is lost for good.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class StagingQueue:
     phases: dict[str, tuple[str, Key]] = field(default_factory=dict)  # uid -> (phase, key)
     seeded: set[str] = field(default_factory=set)  # namespaces registered from status
     noted: set[str] = field(default_factory=set)  # rollouts this process reconciled itself
+    gone: set[str] = field(default_factory=set)  # deleted rollouts: a late note must not bring them back
 
     def needs_seed(self, namespace: str) -> bool:
         return namespace not in self.seeded
@@ -37,13 +40,16 @@ class StagingQueue:
         """Register a namespace's rollouts from their status; what this process saw itself wins."""
         for r in rollouts:
             phase = str((r.get("status") or {}).get("phase") or "Pending")
-            if phase not in TERMINAL and r["metadata"]["uid"] not in self.noted:
-                self.phases[r["metadata"]["uid"]] = (phase, key(r["metadata"]))
+            uid = r["metadata"]["uid"]
+            if phase not in TERMINAL and uid not in self.noted and uid not in self.gone:
+                self.phases[uid] = (phase, key(r["metadata"]))
         self.seeded.add(namespace)
 
     def note(self, meta: Mapping[str, Any], phase: str, blocked: bool = False) -> None:
         """Record the phase a rollout is entering (before any await, so the slot is taken at once).
         One waiting for its target (blocked) holds no place in the queue."""
+        if meta["uid"] in self.gone:
+            return
         self.noted.add(meta["uid"])
         if phase in TERMINAL:
             self.phases.pop(meta["uid"], None)
@@ -53,6 +59,15 @@ class StagingQueue:
     def drop(self, uid: str) -> None:
         self.phases.pop(uid, None)
         self.noted.discard(uid)
+        self.gone.add(uid)
+
+    def prune(self, present: Iterable[str]) -> list[str]:
+        """Forget the rollouts the cluster no longer holds (a deletion this process never saw)."""
+        keep = set(present)
+        lost = [uid for uid in self.phases if uid not in keep]
+        for uid in lost:
+            self.drop(uid)
+        return lost
 
     def why_wait(self, meta: Mapping[str, Any]) -> str | None:
         """Why this rollout may not stage yet: the slots are taken, or earlier rollouts queue for them."""

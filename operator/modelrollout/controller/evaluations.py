@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aiohttp
 
 from modelrollout import holdout_source
+from modelrollout.controller.settings import Settings
 from modelrollout.core.pods import PodProblems, pod_problems
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import gate_dict
@@ -30,7 +31,6 @@ from modelrollout.kube.api import Kube, NotFound, pod_requests, run
 from modelrollout.opmetrics import OperatorMetrics
 from modelrollout.probes.resources import PodUsage, PrometheusSource, Source, UsageSource
 from modelrollout.serving.client import Endpoint, ServerError
-from modelrollout.settings import Settings
 from modelrollout.status import StatusWriter
 
 log = logging.getLogger("modelrollout")
