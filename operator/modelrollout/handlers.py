@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from modelrollout.controller import Controller
 from modelrollout.controller.settings import Settings
+from modelrollout.core.decide import TERMINAL
 from modelrollout.core.spec import GROUP, VERSION
 from modelrollout.kube.api import Kube
 from modelrollout.opmetrics import OperatorMetrics
@@ -52,7 +53,12 @@ async def changed(body: kopf.Body, **_: Any) -> None:
     await controller().reconcile(_body(body))
 
 
-@kopf.timer(*RESOURCE, interval=SETTINGS.interval, backoff=BACKOFF)
+def _undecided(status: kopf.Status, **_: Any) -> bool:
+    """A decided rollout needs no timer: undo, retry and spec changes arrive as updates."""
+    return str(status.get("phase") or "") not in TERMINAL
+
+
+@kopf.timer(*RESOURCE, interval=SETTINGS.interval, backoff=BACKOFF, when=_undecided)
 async def tick(body: kopf.Body, **_: Any) -> None:
     if not controller().evaluating(body):  # an evaluation in flight needs no API reads
         await controller().reconcile(_body(body))

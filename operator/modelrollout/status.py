@@ -20,7 +20,7 @@ from modelrollout.kube.api import Kube, run
 from modelrollout.opmetrics import OperatorMetrics
 
 log = logging.getLogger("modelrollout")
-RECORDS = frozenset({"candidate", "baseline", "gates", "capacity", "evaluation", "canary"})
+RECORDS = frozenset({"candidate", "baseline", "gates", "capacity", "evaluation", "canary", "traffic"})
 
 
 def now() -> datetime:

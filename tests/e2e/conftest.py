@@ -197,7 +197,10 @@ class Operator:
 def operator(cluster: Cluster, prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     d = tmp_path_factory.mktemp("operator")
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelrollouts.modelrollout.dev", "--timeout=60s")
+    # Gateway API (standard channel, from its Go module): HTTPRoutes for canary traffic routing
+    cluster.kubectl("apply", "--server-side", "-f", f"{cluster.bindir}/gateway-api-crds")
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modelrollouts.modelrollout.dev",
+                    "crd/httproutes.gateway.networking.k8s.io", "--timeout=60s")
     cluster.kubectl("apply", "-f", "-", input=BIG_NODE)
     op = Operator(cluster, d / "addresses.json", free_port(), log=d / "operator.log", holdout_port=free_port(),
                   pvc_root=d / "pvc")

@@ -201,6 +201,7 @@ def test_helm_install_succeeds(cluster: Cluster, installed: str) -> None:
     ("create", "namespaces", False), ("delete", "nodes", False), ("get", "namespaces", True),
     ("list", "deployments.apps", False), ("watch", "deployments.apps", False), ("patch", "events", False),
     ("create", "clusterroles.rbac.authorization.k8s.io", False),
+    ("patch", "httproutes.gateway.networking.k8s.io", True), ("delete", "httproutes.gateway.networking.k8s.io", False),
 ])
 def test_least_privilege(cluster: Cluster, installed: str, verb: str, resource: str, allowed: bool) -> None:
     out = cluster.kubectl("auth", "can-i", verb, resource, "-n", "default", f"--as={installed}", check=False)

@@ -33,6 +33,7 @@ class FakeKube(Kube):
     faults: dict[str, ApiException] = field(default_factory=dict)  # method name -> raised once
     writes: list[str] = field(default_factory=list)
     available: bool = True  # whether Deployments report Available
+    routes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # HTTPRoutes
 
     def __post_init__(self) -> None:
         self.on_call = None
@@ -108,6 +109,21 @@ class FakeKube(Kube):
         if replicas is not None:
             d["spec"]["replicas"] = replicas
         self.writes.append(f"target template={'new' if template is not None else '-'} replicas={replicas}")
+
+    # --- Gateway API ---
+    def get_route(self, ns: str, name: str) -> dict[str, Any] | None:
+        r = self.routes.get((ns, name))
+        return copy.deepcopy(r) if r else None
+
+    def patch_route(self, ns: str, name: str, rules: list[dict[str, Any]], resource_version: str) -> None:
+        self._fault("patch_route")
+        r = self.routes[ns, name]
+        if r["metadata"]["resourceVersion"] != resource_version:  # as the API server: the route changed since
+            raise ApiException(status=409, reason="Conflict")
+        r["spec"]["rules"] = copy.deepcopy(rules)
+        r["metadata"]["resourceVersion"] = str(int(resource_version) + 1)
+        self.writes.append("route " + " ".join(f"{b['name']}={b.get('weight')}" for rule in rules
+                                               for b in rule.get("backendRefs") or []))
 
     def pods(self, ns: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         return []

@@ -177,3 +177,98 @@ def test_a_slot_held_by_a_rollout_gone_from_the_cluster_is_freed() -> None:
     assert set(c.queue.phases) == {"r-uid"}
     c.queue.note(ghost, "Staging")
     assert asyncio.run(c._prune()) is False  # checked at most every PRUNE_EVERY seconds
+
+
+def routed_world(steps: list[dict[str, Any]], rules: list[dict[str, Any]] | None = None,
+                 service: str | None = None) -> tuple[Controller, FakeKube]:
+    c, kube = world(steps)
+    gw: dict[str, Any] = {"httpRoute": "web", **({"service": service} if service else {})}
+    kube.rollouts[NS, "r"]["spec"]["promotion"]["canary"]["trafficRouting"] = {"gatewayAPI": gw}
+    kube.routes[NS, "web"] = {"metadata": {"name": "web", "namespace": NS, "resourceVersion": "1"}, "spec": {
+        "parentRefs": [{"name": "gw"}],
+        "rules": rules if rules is not None else [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+             "backendRefs": [{"name": "churn", "port": 80}]},
+            {"backendRefs": [{"name": "static", "port": 80, "weight": 3}]}]}}
+    return c, kube
+
+
+def backends(kube: FakeKube) -> list[list[tuple[str, int | None]]]:
+    return [[(b["name"], b.get("weight")) for b in rule["backendRefs"]]
+            for rule in kube.routes[NS, "web"]["spec"]["rules"]]
+
+
+def test_an_httproute_carries_exactly_each_steps_weight_and_goes_back_on_promotion() -> None:
+    c, kube = routed_world([{"weight": 10, "pause": "10ms"}, {"weight": 60, "pause": "10ms"}])
+    original = copy.deepcopy(kube.routes[NS, "web"]["spec"])
+    st = step(c, kube)  # canary Deployment and Service; the route waits for the canary to be Available
+    assert backends(kube) == [[("churn", None)], [("static", 3)]]
+    svc = kube.objects["Service", NS, "churn-canary"]
+    assert svc["spec"]["ports"] == [{"name": "p80", "port": 80, "targetPort": 8080}]
+    pods = canary(kube)["spec"]["template"]["metadata"]["labels"]
+    assert "app" not in pods and svc["spec"]["selector"].items() <= pods.items()  # no user Service selects them
+    st = step(c, kube)
+    assert backends(kube) == [[("churn", 90), ("churn-canary", 10)], [("static", 3)]]
+    assert st["traffic"]["weight"] == 10 and target(kube)["spec"]["replicas"] == 4  # production keeps its pods
+    assert st["traffic"]["original"] == [{"rule": 0, "service": "churn", "weight": None}]
+    time.sleep(0.02)
+    step(c, kube)  # step 2: the canary scales to its share first, then the route moves
+    assert backends(kube)[0] == [("churn", 90), ("churn-canary", 10)] and canary(kube)["spec"]["replicas"] == 2
+    step(c, kube)
+    assert backends(kube)[0] == [("churn", 40), ("churn-canary", 60)]
+    time.sleep(0.02)
+    st = step(c, kube)
+    assert st["phase"] == "Promoted" and st["traffic"]["weight"] == 0
+    assert kube.routes[NS, "web"]["spec"] == original  # exactly as before, the weight left unset
+    assert ("Service", NS, "churn-canary") not in kube.objects and canary(kube) == {}
+    assert target(kube)["spec"]["template"]["spec"]["containers"][0]["image"] == "churn:8"
+
+
+def test_abort_and_deletion_put_the_route_back() -> None:
+    for how in ("abort", "delete"):
+        c, kube = routed_world([{"weight": 30, "pause": "1h"}], service="churn",
+                               rules=[{"backendRefs": [{"name": "churn", "port": 80, "weight": 5}]}])
+        step(c, kube)
+        step(c, kube)
+        assert backends(kube) == [[("churn", 70), ("churn-canary", 30)]]
+        if how == "abort":
+            kube.rollouts[NS, "r"]["metadata"]["annotations"] = {"modelrollout.dev/abort": "true"}
+            st = step(c, kube)
+            assert (st["phase"], st["reason"], st["traffic"]["weight"]) == ("RolledBack", "Aborted", 0)
+        else:
+            asyncio.run(c.delete(copy.deepcopy(kube.rollouts[NS, "r"])))
+        assert backends(kube) == [[("churn", 5)]], how
+        assert ("Service", NS, "churn-canary") not in kube.objects and canary(kube) == {}
+
+
+@pytest.mark.parametrize(("rules", "service", "words"), [
+    (None, "api", "HTTPRoute 'web' has no rule that sends to Service 'api'"),
+    ([{"backendRefs": [{"name": "churn", "port": 80}, {"name": "other", "port": 80}]}], None,
+     "rule 0 sends to churn, other besides 'churn': the canary splits rules whose only backend is production"),
+    ("missing", None, "HTTPRoute ml/web does not exist"),
+])
+def test_a_route_that_cannot_be_split_fails_before_anything_is_created(rules: Any, service: str | None,
+                                                                       words: str) -> None:
+    c, kube = routed_world([{"weight": 30, "pause": "1h"}], None if rules in (None, "missing") else rules, service)
+    if rules == "missing":
+        del kube.routes[NS, "web"]
+    kube.rollouts[NS, "r"]["status"] = {"phase": "Pending"}
+    st = step(c, kube)
+    assert (st["phase"], st["reason"]) == ("Failed", "TrafficRouteInvalid"), st
+    assert words in st["message"] and "spec.promotion.canary.trafficRouting.gatewayAPI" in st["message"]
+    assert not [k for k in kube.objects if k[0] == "Service"] and canary(kube) == {}
+
+
+def test_a_route_changed_by_its_owner_mid_step_is_not_overwritten() -> None:
+    """Every write carries the route's resourceVersion: a concurrent change fails ours (kopf retries) and
+    the next read splits the new rules, keeping the owner's change."""
+    c, kube = routed_world([{"weight": 30, "pause": "1h"}])
+    step(c, kube)
+    stale = c.kube.get_route(NS, "web")
+    assert stale is not None
+    kube.routes[NS, "web"]["spec"]["rules"][1]["backendRefs"][0]["weight"] = 7  # the owner's edit
+    kube.routes[NS, "web"]["metadata"]["resourceVersion"] = "2"
+    with pytest.raises(ApiException):
+        c.kube.patch_route(NS, "web", stale["spec"]["rules"], stale["metadata"]["resourceVersion"])
+    step(c, kube)
+    assert backends(kube) == [[("churn", 70), ("churn-canary", 30)], [("static", 7)]]

@@ -15,6 +15,7 @@ from typing import Any
 from modelrollout import canary_gates
 from modelrollout.controller.evaluations import Evaluations
 from modelrollout.controller.settings import Settings
+from modelrollout.controller.traffic import plan, put_back, record_traffic, routing, set_weight
 from modelrollout.core import canary as analysis
 from modelrollout.core.decide import (
     ANNOTATION_ABORT,
@@ -95,7 +96,14 @@ class Actions:
                                       spec.candidate.args)
             total = int(status.get("previousReplicas") or target["spec"].get("replicas", 1))
             replicas = canary_split(total, w)[0]
-            await run(self.kube.apply, objects.canary_deployment(body, target, cand, replicas), meta["uid"])
+            await run(self.kube.apply, objects.canary_deployment(body, target, cand, replicas,
+                                                                 routed=routing(spec) is not None), meta["uid"])
+            if routing(spec) is not None:  # the Service the route will send the canary's share to
+                p = await plan(self.kube, ns, spec)
+                if isinstance(p, str):
+                    return await self._route_lost(body, spec, status, p, target)
+                await run(self.kube.apply, objects.canary_service(body, spec.target_ref.name, ns, p.ports(
+                    spec.serving.port), spec.serving.port), meta["uid"])
             if not status.get("previousReplicas"):  # what production goes back to, whatever happens next
                 patch["previousReplicas"] = total
             old = status.get("canary") or {}
@@ -104,6 +112,16 @@ class Actions:
                 records = [*closed(old.get("steps") or [], "Passed"),
                            {"step": i + 1, "weight": w, "startedAt": t, "outcome": "Running", "measurements": []}]
                 patch["canary"] = {"step": i, "weight": w, "replicas": replicas, "startedAt": t, "steps": records}
+        elif a == "scale" and spec is not None and routing(spec) is not None and step.canary_step is not None:
+            p = await plan(self.kube, ns, spec)
+            if isinstance(p, str):
+                return await self._route_lost(body, spec, status, p, target)
+            w = spec.promotion.canary.steps[step.canary_step].weight
+            kept = status.get("traffic") or record_traffic(p, 0)
+            if not status.get("traffic"):  # production's weights are in status before the route changes
+                await self.status.record(meta, {"traffic": kept})
+            await set_weight(self.kube, ns, p, w)
+            patch["traffic"] = {**kept, "weight": w}
         elif a == "scale" and spec is not None and target is not None and step.canary_step is not None:
             production = canary_split(int(status["previousReplicas"]),
                                       spec.promotion.canary.steps[step.canary_step].weight)[1]
@@ -123,6 +141,9 @@ class Actions:
                 await run(self.kube.replace_template, ns, spec.target_ref.name, cand, target["metadata"]["uid"],
                           back)
             patch["promotedTemplateHash"] = objects.template_hash(cand)
+            if status.get("traffic"):  # all traffic to production, which now runs the candidate
+                await put_back(self.kube, ns, status["traffic"])
+                patch["traffic"] = {**status["traffic"], "weight": 0}
             if (status.get("canary") or {}).get("steps"):
                 patch["canary"] = {**status["canary"], "steps": closed(status["canary"]["steps"], "Passed")}
             await self.cleanup(body, spec, status)
@@ -131,6 +152,8 @@ class Actions:
             self.ev.forget(meta["uid"])  # an evaluation past its deadline stops here
             await self.restore(body, spec, status, target)
             await self.cleanup(body, spec, status)
+            if status.get("traffic"):
+                patch["traffic"] = {**status["traffic"], "weight": 0}
             patch["decision"] = {"result": "RolledBack", "reason": step.message, "at": iso(now())}
             if (status.get("canary") or {}).get("steps"):  # the step that stopped says why
                 patch["canary"] = {**status["canary"], "steps": closed(status["canary"]["steps"], step.reason)}
@@ -149,6 +172,8 @@ class Actions:
                        target: Mapping[str, Any] | None) -> None:
         """Put back the exact previous template if this rollout ever wrote the target, and the replicas
         production had before a canary step scaled it down."""
+        if status.get("traffic"):  # production's route weights first: the canary Service goes next
+            await put_back(self.kube, body["metadata"]["namespace"], status["traffic"])
         prev, total = status.get("previousTemplate"), status.get("previousReplicas")
         written = status.get("promotedTemplateHash")
         name = spec.target_ref.name if spec else ((body.get("spec") or {}).get("targetRef") or {}).get("name")
@@ -174,11 +199,17 @@ class Actions:
                   for kind in ("Deployment", "Service")]
         target = spec.target_ref.name if spec else (body.get("spec") or {}).get("targetRef", {}).get("name")
         if isinstance(target, str) and target:
-            doomed.append(("Deployment", meta["namespace"], objects.canary_name(target)))
+            doomed += [(kind, meta["namespace"], objects.canary_name(target)) for kind in ("Deployment", "Service")]
         for kind, ns, obj in doomed:  # only what this rollout created: anything else of that name is left alone
             if not await run(self.kube.delete, kind, ns, obj, meta["uid"]):
                 log.warning("%s/%s: left %s %s/%s alone: not created by this rollout", meta["namespace"],
                             meta["name"], kind, ns, obj)
+
+    async def _route_lost(self, body: Mapping[str, Any], spec: ModelRolloutSpec, status: dict[str, Any],
+                          why: str, target: Mapping[str, Any] | None) -> None:
+        """The route can no longer carry the canary (deleted, or changed so it cannot be split): roll back."""
+        await self.apply(body, spec, status, Step("rollback", "RolledBack", "TrafficRouteInvalid",
+                                                  f"{why}; production restored"), target)
 
     async def measure(self, body: Mapping[str, Any], spec: ModelRolloutSpec, status: dict[str, Any], i: int,
                        target: Mapping[str, Any] | None) -> None:

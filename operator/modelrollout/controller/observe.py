@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from modelrollout.controller.traffic import plan, routing
 from modelrollout.core.decide import TERMINAL
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.kube import objects
@@ -75,3 +76,11 @@ async def staging_available(kube: Kube, body: Mapping[str, Any], spec: ModelRoll
     if any(s is None for s in states):
         return None
     return all(states)
+
+
+async def route_problem(kube: Kube, ns: str, spec: ModelRolloutSpec) -> tuple[str, str] | None:
+    """(error, reason) if the canary's HTTPRoute is missing or cannot be split: found before staging."""
+    if routing(spec) is None:
+        return None
+    p = await plan(kube, ns, spec)
+    return (p, "TrafficRouteInvalid") if isinstance(p, str) else None

@@ -17,7 +17,7 @@ from typing import Any
 
 from modelrollout.controller.act import Actions, api_reason
 from modelrollout.controller.evaluations import Evaluations
-from modelrollout.controller.observe import blocker, reach, staging_available, undoable
+from modelrollout.controller.observe import blocker, reach, route_problem, staging_available, undoable
 from modelrollout.controller.settings import Settings
 from modelrollout.core.decide import ANNOTATION_ABORT, ANNOTATION_UNDO, TERMINAL, Observed, Step, decide
 from modelrollout.core.queue import StagingQueue
@@ -97,7 +97,7 @@ class Controller:
             obs["target_exists"] = target is not None
             if phase in ("Pending", "Waiting"):
                 obs["blocked_by"] = await blocker(self.kube, body, spec)
-                err = await reach(self.kube, body, spec)
+                err = await reach(self.kube, body, spec) or await route_problem(self.kube, ns, spec)
                 if err is None and target is not None and not obs["blocked_by"]:
                     err = await self.ev.load_holdout(body, spec)
                 if err:
@@ -136,7 +136,8 @@ class Controller:
             await self.act.apply(body, spec, status, Step("fail", "Failed", "Refused", refusal), target)
 
     async def delete(self, body: Mapping[str, Any]) -> None:
-        """On deletion: staging and canary go; production is left exactly as it is.
+        """On deletion: staging and canary go; production gets back the replicas and route weights a
+        canary step took, and is otherwise left exactly as it is.
 
         Under the rollout's lock, so a reconcile in flight finishes first: it cannot create staging
         objects after the clean-up, nor take a queue slot back after the drop."""
@@ -145,7 +146,10 @@ class Controller:
             spec = None
             with contextlib.suppress(SpecError):
                 spec = parse_spec(body.get("spec"))
-            await self.act.cleanup(body, spec, dict(body.get("status") or {}))
+            status = dict(body.get("status") or {})
+            if status.get("phase") not in TERMINAL:  # a canary step may have scaled production or split its route
+                await self.act.restore(body, spec, status, None)
+            await self.act.cleanup(body, spec, status)
             self.ev.forget(meta["uid"])
             self.queue.drop(meta["uid"])
             self.metrics.forget(meta["name"], meta["namespace"])

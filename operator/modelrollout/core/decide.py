@@ -183,7 +183,11 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
                             f"canary step {i + 1} was not Available within {ready_timeout:g}s; production restored")
             return Step("wait", "Canary", "CanaryStep", f"canary step {i + 1}: waiting for the canary replicas", i)
         total = int(status.get("previousReplicas") or 0)
-        if total and obs.production_replicas is not None:  # production gives way once the canary serves
+        routed = spec.promotion.canary.traffic_routing is not None
+        if routed and (status.get("traffic") or {}).get("weight") != steps[i].weight:  # once the canary serves
+            return Step("scale", "Canary", "CanaryStep", f"canary step {i + 1}: the HTTPRoute sends "
+                        f"{steps[i].weight}% to the candidate", i)
+        if total and obs.production_replicas is not None and not routed:  # production gives way once the canary serves
             production = canary_split(total, steps[i].weight)[1]
             if obs.production_replicas != production:
                 return Step("scale", "Canary", "CanaryStep",
@@ -201,7 +205,7 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
         if result is analysis.StepOutcome.PASSED and since >= pause:
             if i + 1 < len(steps):
                 return Step("canary", "Canary", "CanaryStep",
-                            f"canary step {i + 2}: candidate at {steps[i + 1].weight}% of replicas", i + 1)
+                            f"canary step {i + 2}: candidate at {steps[i + 1].weight}%", i + 1)
             return Step("promote", "Promoted", "Promoted",
                         "every canary step passed; the target now runs the candidate")
         left = max(pause - since, 0.0)

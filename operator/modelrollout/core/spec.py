@@ -296,8 +296,26 @@ class CanaryStep(_Model):
     pause: Annotated[float, _dur(24 * HOUR)] = 60.0
 
 
+class GatewayAPI(_Model):
+    """An HTTPRoute in the rollout's namespace whose backend weights carry the canary's share."""
+    http_route: Name
+    service: Name | None = None  # production's Service among the route's backends (default: the target's name)
+
+    @field_validator("http_route", "service")
+    @classmethod
+    def _dns(cls, v: str | None) -> str | None:
+        if v is not None and not _DNS1123.match(v):
+            raise _err("name", f"{v!r} is not a valid Kubernetes name (lower-case letters, digits and '-')")
+        return v
+
+
+class TrafficRouting(_Model):
+    gateway_api: GatewayAPI = Field(alias="gatewayAPI")
+
+
 class Canary(_Model):
     steps: list[CanaryStep] = []
+    traffic_routing: TrafficRouting | None = None
 
     @field_validator("steps")
     @classmethod
@@ -306,6 +324,12 @@ class Canary(_Model):
         if weights != sorted(set(weights)):
             raise _err("canary_weights", f"weights must strictly increase, got {weights}")
         return v
+
+    @model_validator(mode="after")
+    def _routed_steps(self) -> Canary:
+        if self.traffic_routing is not None and not self.steps:
+            raise _err("canary_routing", "trafficRouting splits the canary steps' traffic: add steps")
+        return self
 
 
 class Promotion(_Model):
@@ -382,7 +406,8 @@ def _problems(err: ValidationError, prefix: str) -> list[Problem]:
             msg = f"{short(value)} is not one of {msg.split('Input should be ', 1)[-1][:200]}"
         elif kind in {
             "metric", "duration", "size", "name", "holdout_source", "holdout_columns", "load_rate",
-            "gate_bound", "gate_range", "gate_confidence", "gate_baseline", "canary_weights", "eval_timeout",
+            "gate_bound", "gate_range", "gate_confidence", "gate_baseline", "canary_weights", "canary_routing",
+            "eval_timeout",
         }:
             pass
         else:

@@ -26,6 +26,7 @@ from modelrollout.kube.objects import owned_by
 P = ParamSpec("P")
 T = TypeVar("T")
 PLURAL = "modelrollouts"
+ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")  # group, version, plural
 
 
 class NotFound(LookupError):
@@ -163,6 +164,17 @@ class Kube:
     def annotate_rollout(self, ns: str, name: str, annotations: Mapping[str, str | None]) -> None:
         self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
                    {"metadata": {"annotations": dict(annotations)}})
+
+    def get_route(self, ns: str, name: str) -> dict[str, Any] | None:
+        """An HTTPRoute (Gateway API), or None if it does not exist or the cluster has no Gateway API."""
+        out: dict[str, Any] | None = self._or_none(self.custom.get_namespaced_custom_object, *ROUTES[:2], ns,
+                                                   ROUTES[2], name)
+        return out
+
+    def patch_route(self, ns: str, name: str, rules: list[dict[str, Any]], resource_version: str) -> None:
+        """Set an HTTPRoute's rules (their backend weights); fails with 409 if the route changed since read."""
+        self._call(self.custom.patch_namespaced_custom_object, *ROUTES[:2], ns, ROUTES[2], name,
+                   {"metadata": {"resourceVersion": resource_version}, "spec": {"rules": rules}})
 
     def list_rollouts(self, ns: str) -> list[dict[str, Any]]:
         out = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL)

@@ -90,17 +90,30 @@ def staging_objects(rollout: Mapping[str, Any], variant: str, template: Mapping[
 
 
 def canary_deployment(rollout: Mapping[str, Any], target: Mapping[str, Any], template: Mapping[str, Any],
-                      replicas: int) -> dict[str, Any]:
-    """The candidate beside production, with production's pod labels so its Service splits traffic."""
+                      replicas: int, routed: bool = False) -> dict[str, Any]:
+    """The candidate beside production. With production's pod labels its Service splits traffic by pod
+    count; `routed` (an HTTPRoute splits it) gives the pods only the operator's labels, so no Service
+    of the user's selects them and the route's weights alone set their share."""
     t = copy.deepcopy(dict(template))
-    labels = dict(t.setdefault("metadata", {}).get("labels") or {})
+    labels = {} if routed else dict(t.setdefault("metadata", {}).get("labels") or {})
     labels.update({LABEL_ROLLOUT: rollout["metadata"]["name"], LABEL_VARIANT: "canary"})
-    t["metadata"]["labels"] = labels
+    t.setdefault("metadata", {})["labels"] = labels
     selector = {k: v for k, v in labels.items()}
     meta = {"name": canary_name(target["metadata"]["name"]), "namespace": target["metadata"]["namespace"],
             "labels": labels_of(rollout, "canary"), "ownerReferences": [owner_reference(rollout)]}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
             "spec": {"replicas": replicas, "selector": {"matchLabels": selector}, "template": t}}
+
+
+def canary_service(rollout: Mapping[str, Any], target: str, namespace: str, ports: list[int],
+                   target_port: int) -> dict[str, Any]:
+    """The Service an HTTPRoute sends the canary's share to: the canary pods only, on the ports the route
+    uses for production, each to the model server's port."""
+    meta = {"name": canary_name(target), "namespace": namespace, "labels": labels_of(rollout, "canary"),
+            "ownerReferences": [owner_reference(rollout)]}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"selector": {LABEL_ROLLOUT: rollout["metadata"]["name"], LABEL_VARIANT: "canary"},
+                     "ports": [{"name": f"p{p}", "port": p, "targetPort": target_port} for p in ports]}}
 
 
 def canary_name(target: str) -> str:
