@@ -198,7 +198,7 @@ def operator(cluster: Cluster, prometheus: Prometheus, tmp_path_factory: pytest.
     d = tmp_path_factory.mktemp("operator")
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     # Gateway API (standard channel, from its Go module): HTTPRoutes for canary traffic routing
-    cluster.kubectl("apply", "--server-side", "-f", f"{cluster.bindir}/gateway-api-crds")
+    cluster.kubectl("apply", "--server-side", "-f", f"{cluster.bindir}/gateway-api-crds/")
     cluster.kubectl("wait", "--for=condition=Established", "crd/modelrollouts.modelrollout.dev",
                     "crd/httproutes.gateway.networking.k8s.io", "--timeout=60s")
     cluster.kubectl("apply", "-f", "-", input=BIG_NODE)
@@ -291,6 +291,12 @@ class Scenario:
 
     def annotate(self, name: str, key: str, value: str = "true") -> None:
         self.cluster.kubectl("-n", self.ns, "annotate", "--overwrite", "modelrollout", name, f"{key}={value}")
+
+    def own_target(self, name: str) -> Scenario:
+        """The same namespace and operator with a production Deployment `t-<name>` of its own, so rollouts
+        of several cases run side by side instead of queueing for one target."""
+        self.cluster.kubectl("apply", "-f", "-", input=TARGET.format(name=f"t-{name}", ns=self.ns))
+        return Scenario(self.cluster, self.op, self.ns, target=f"t-{name}")
 
     def hold_staging(self, on: bool) -> None:
         """Taint the e2e node so no staging pod is scheduled (Staging holds), or lift the taint.

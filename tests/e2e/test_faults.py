@@ -36,17 +36,10 @@ SERVER_FAULTS = {
 }
 
 
-def _own_target(scenario: Scenario, name: str) -> Scenario:
-    """The same namespace and operator with a production Deployment of its own, so rollouts of several
-    cases run side by side instead of waiting for one target."""
-    scenario.cluster.kubectl("apply", "-f", "-", input=TARGET.format(name=f"t-{name}", ns=scenario.ns))
-    return Scenario(scenario.cluster, scenario.op, scenario.ns, target=f"t-{name}")
-
-
 def test_model_server_faults_roll_back_with_the_fault_named(scenario: Scenario, models: Models) -> None:
     """Every fault at once (each its own target): each rolls back naming its fault, the operator stays up."""
     cases = {f"fault-{mode.replace('_', '-')}": (mode, words) for mode, words in SERVER_FAULTS.items()}
-    own = {name: _own_target(scenario, name) for name in cases}
+    own = {name: scenario.own_target(name) for name in cases}
     before = {name: sc.template() for name, sc in own.items()}
     for name, (mode, _) in cases.items():
         cand = f"http://127.0.0.1:{free_port()}" if mode == "refused" else scenario.op.serve(models.good, mode)
@@ -92,7 +85,7 @@ def test_bad_holdout_data_fails_with_a_clear_condition(scenario: Scenario, model
             index=False).encode(),
         "too-large": df.to_csv(index=False).encode(),
     }
-    own = {case: _own_target(scenario, case) for case in HOLDOUT_FAULTS}
+    own = {case: scenario.own_target(case) for case in HOLDOUT_FAULTS}
     before = {case: sc.template() for case, sc in own.items()}
     for case in HOLDOUT_FAULTS:
         put_holdout(scenario, f"{case}.csv", data[case])

@@ -11,7 +11,10 @@ is proven is what the operator writes, which is all a Gateway implementation act
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,7 +91,7 @@ def test_route_weights_follow_each_step_and_go_back(scenario: Scenario, models: 
     assert st["gw-ok"]["phase"] == "Promoted", st["gw-ok"].get("message")
     assert (st["gw-abort"]["phase"], st["gw-abort"]["reason"]) == ("RolledBack", "Aborted"), st["gw-abort"]
     # every state the production rule was seen in: as written, then each step's exact split
-    assert seen["gw-ok"] <= {(("gw-ok", None),), (("gw-ok", 80), ("gw-ok-canary", 20)),
+    assert seen["gw-ok"] <= {(("gw-ok", 1),), (("gw-ok", 80), ("gw-ok-canary", 20)),  # the API defaults weight 1
                              (("gw-ok", 40), ("gw-ok-canary", 60))}, seen["gw-ok"]
     assert (("gw-ok", 40), ("gw-ok-canary", 60)) in seen["gw-ok"]
     assert (("gw-abort", 70), ("gw-abort-canary", 30)) in seen["gw-abort"]
@@ -97,10 +100,14 @@ def test_route_weights_follow_each_step_and_go_back(scenario: Scenario, models: 
     for name in sc:  # each route exactly as its owner wrote it, the canary Services gone
         assert sc[name].get("httproute", f"{name}-web")["spec"] == originals[name], name
         assert k("-n", ns, "get", "service", f"{name}-canary", check=False).returncode != 0
-    assert st["gw-ok"]["traffic"]["original"] == [{"rule": 0, "service": "gw-ok", "weight": None}]
+    assert st["gw-ok"]["traffic"]["original"] == [{"rule": 0, "service": "gw-ok", "weight": 1}]
     image = json.loads(k("-n", ns, "get", "deployment", "gw-ok", "-o", "json").stdout)
     assert image["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/churn:8"
     assert sc["gw-abort"].template()["spec"]["containers"][0]["image"] == "registry.example/churn:7"
+    plugin = Path(sys.executable).parent / "kubectl-modelrollout"
+    out = subprocess.run([str(plugin), "-n", ns, "status", "gw-abort"], capture_output=True, text=True,
+                         env=scenario.cluster.env(), timeout=60)
+    assert "traffic: HTTPRoute gw-abort-web sends 0% to Service gw-abort-canary (put back" in out.stdout, out
 
 
 def test_a_missing_route_fails_before_anything_is_created(scenario: Scenario, models: Models) -> None:

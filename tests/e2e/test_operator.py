@@ -54,30 +54,34 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models) -> None:
     scenario.assert_invariant("good", before)
 
 
-@pytest.mark.parametrize(("kind", "gate", "reason_words"), [
-    ("worse", {"metric": "f1", "maxDrop": 0.02}, "gate 1 failed: f1 drops by"),
-    ("slower", {"metric": "latency_p99_ms", "max": 15}, "latency_p99_ms"),
-    ("leaking", {"metric": "memory_growth_mib_per_10k_requests", "max": 3}, "memory_growth_mib_per_10k_requests"),
-    ("too-big", {"metric": "replicas_fit", "min": 40}, "replicas_fit"),
-])
-def test_bad_candidates_are_rolled_back_with_the_gate_named(scenario: Scenario, models: Models, kind: str,
-                                                            gate: dict[str, object], reason_words: str) -> None:
-    before = scenario.template()
-    model, mode = {"worse": (models.bad, None), "slower": (models.good, "slow"),
-                   "leaking": (models.good, "leak"), "too-big": (models.good, "fat")}[kind]
-    cand, base = scenario.op.serve(model, mode), scenario.op.serve(models.production)
-    gates = [{"metric": "f1", "min": 0.0}, gate]
-    # a server that takes 20 ms per request one at a time would spend a minute on the default leak probe
-    leak = {"load": {"duration": "1s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 0}} \
-        if kind == "slower" else {}
-    scenario.rollout(kind, cand, base, gates, **leak)
-    st = scenario.wait_phase(kind, {"Promoted", "RolledBack", "Failed"})
-    assert st["phase"] == "RolledBack", st.get("message")
-    assert st["reason"] == "GatesFailed" and reason_words in st["message"], st["message"]
-    assert st["decision"]["result"] == "RolledBack"
-    assert scenario.template() == before
-    assert scenario.staging_objects(kind) == []
-    scenario.assert_invariant(kind, before)
+BAD = {  # kind: (gate, words of the reason)
+    "worse": ({"metric": "f1", "maxDrop": 0.02}, "gate 1 failed: f1 drops by"),
+    "slower": ({"metric": "latency_p99_ms", "max": 15}, "latency_p99_ms"),
+    "leaking": ({"metric": "memory_growth_mib_per_10k_requests", "max": 3}, "memory_growth_mib_per_10k_requests"),
+    "too-big": ({"metric": "replicas_fit", "min": 40}, "replicas_fit"),
+}
+
+
+def test_bad_candidates_are_rolled_back_with_the_gate_named(scenario: Scenario, models: Models) -> None:
+    """Every kind at once, each with its own target: each rolls back naming its gate."""
+    own = {kind: scenario.own_target(kind) for kind in BAD}
+    before = {kind: sc.template() for kind, sc in own.items()}
+    for kind, (gate, _) in BAD.items():
+        model, mode = {"worse": (models.bad, None), "slower": (models.good, "slow"),
+                       "leaking": (models.good, "leak"), "too-big": (models.good, "fat")}[kind]
+        cand, base = scenario.op.serve(model, mode), scenario.op.serve(models.production)
+        # a server that takes 20 ms per request one at a time would spend a minute on the default leak probe
+        leak = {"load": {"duration": "1s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 0}} \
+            if kind == "slower" else {}
+        own[kind].rollout(kind, cand, base, [{"metric": "f1", "min": 0.0}, gate], **leak)
+    for kind, (_, reason_words) in BAD.items():
+        st = own[kind].wait_phase(kind, {"Promoted", "RolledBack", "Failed"}, timeout=300)
+        assert st["phase"] == "RolledBack", (kind, st.get("message"))
+        assert st["reason"] == "GatesFailed" and reason_words in st["message"], (kind, st["message"])
+        assert st["decision"]["result"] == "RolledBack"
+        assert own[kind].template() == before[kind]
+        assert own[kind].staging_objects(kind) == []
+        own[kind].assert_invariant(kind, before[kind])
 
 
 def test_manual_approval_waits_then_promotes(scenario: Scenario, models: Models) -> None:

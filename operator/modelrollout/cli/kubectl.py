@@ -47,6 +47,10 @@ def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
         print(to_text(from_status(r["spec"]["task"], st)))
     for line in _canary_lines(st.get("canary") or {}):
         print(line)
+    if st.get("traffic"):
+        t = st["traffic"]
+        print(f"traffic: HTTPRoute {t.get('httpRoute')} sends {t.get('weight')}% to Service {t.get('canaryService')}"
+              f"{'' if st.get('phase') == 'Canary' else ' (put back: production weights restored)'}\n")
     for c in st.get("conditions") or []:
         print(f"condition {c['type']}={c['status']} ({c.get('reason')}) since {c.get('lastTransitionTime')}")
     return 0
