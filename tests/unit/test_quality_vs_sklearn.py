@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from modelrollout.core.quality import compare, encode, metrics
+from modelrollout.core.quality import compare, encode, metrics, undefined
 
 TOL = 1e-9
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -55,9 +55,10 @@ def test_binary_matches_sklearn(case) -> None:  # type: ignore[no-untyped-def]
     ours = metrics(encode("binary-classification", y, p, s))
     expected = {
         "accuracy": sk(skm.accuracy_score, y, p),
-        "precision": sk(skm.precision_score, y, p, zero_division=0),
-        "recall": sk(skm.recall_score, y, p, zero_division=0),
-        "f1": sk(skm.f1_score, y, p, zero_division=0),
+        # 0/0 is undefined (NaN), as scikit-learn's zero_division=np.nan, never 0
+        "precision": sk(skm.precision_score, y, p, zero_division=np.nan),
+        "recall": sk(skm.recall_score, y, p, zero_division=np.nan),
+        "f1": sk(skm.f1_score, y, p, zero_division=np.nan),
         "roc_auc": sk(skm.roc_auc_score, y, s) if len(set(y)) == 2 else float("nan"),
         "log_loss": sk(skm.log_loss, y, s, labels=[0, 1]),
     }
@@ -130,10 +131,19 @@ def test_regression_matches_sklearn(case, n_features: int) -> None:  # type: ign
     assert close(ours["adjusted_r2"], adj)
 
 
-def test_r2_constant_targets_follow_sklearn_force_finite() -> None:
+def test_r2_of_constant_targets_is_undefined_as_sklearn_without_force_finite() -> None:
     y = np.array([3.0, 3.0, 3.0])
-    assert metrics(encode("regression", y, y))["r2"] == skm.r2_score(y, y) == 1.0
-    assert metrics(encode("regression", y, y + 1))["r2"] == skm.r2_score(y, y + 1) == 0.0
+    for pred in (y, y + 1):
+        m = metrics(encode("regression", y, pred))
+        assert np.isnan(m["r2"]) and not np.isfinite(skm.r2_score(y, pred, force_finite=False))  # nan or -inf
+        assert undefined(m)["r2"] == "r2 undefined: every label has the same value"
+
+
+def test_precision_with_no_positive_prediction_is_undefined_and_says_why() -> None:
+    y, p = np.array([0, 1, 1, 0]), np.zeros(4, dtype=int)
+    m = metrics(encode("binary-classification", y, p))
+    assert np.isnan(m["precision"]) and m["recall"] == 0.0 and m["f1"] == 0.0
+    assert undefined(m) == {"precision": "precision undefined: no positive predictions"}
 
 
 def test_single_class_leaves_auc_undefined() -> None:

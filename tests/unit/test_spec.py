@@ -90,10 +90,12 @@ def test_relative_gate_needs_a_baseline() -> None:
     assert "spec.gates[1]: 'f1' has a relative bound but no baseline was given" in str(e.value)
 
 
-def test_confidence_needs_a_relative_bound() -> None:
+def test_confidence_needs_a_figure_with_an_interval() -> None:
     doc = manifest()
-    doc["spec"]["gates"][0]["confidence"] = 0.95
-    assert any("confidence applies only to a relative bound" in p for p in problems(doc))
+    doc["spec"]["gates"][0]["confidence"] = 0.95  # a quality min: decided on the interval, accepted
+    parse_manifest(doc)
+    doc["spec"]["gates"].append({"metric": "latency_p99_ms", "maxIncreasePercent": 1000, "confidence": 0.95})
+    assert any("'latency_p99_ms' has none" in p and "remove confidence" in p for p in problems(doc)), problems(doc)
 
 
 def test_gates_file_takes_task_from_command_line() -> None:

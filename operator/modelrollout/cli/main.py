@@ -1,22 +1,31 @@
 """`modelrollout ...`: the same engine as the operator, for a terminal or a CI pipeline.
 
-Exit codes: 0 the decision is to promote, 1 it is not, 2 bad input.
+Exit codes: 0 the decision is to promote, 1 it is not, 2 bad input, 3 an internal error (a bug).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from modelrollout.cli.outputs import EXIT_BAD_INPUT, EXIT_PROMOTE, EXIT_REJECT, UsageError, write_outputs
+from modelrollout.cli.outputs import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_PROMOTE,
+    EXIT_REJECT,
+    UsageError,
+    write_outputs,
+)
 from modelrollout.core.engine import Predicted, build_report, score_quality
 from modelrollout.core.quality import DataError
 from modelrollout.core.spec import SpecError, parse_gates_file
+from modelrollout.core.text import cap
 from modelrollout.holdout import prepare, read_predictions, read_table
 from modelrollout.serving.client import ServerError
 from modelrollout.serving.options import add_serve_arguments
@@ -135,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_REJECT
+    except Exception as e:  # a bug, not a verdict: never exit with "reject" (1) for it
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        print(f"internal error: {type(e).__name__}: {cap(str(e), 300)} (at {Path(where.filename).name}:"
+              f"{where.lineno}); please report it", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

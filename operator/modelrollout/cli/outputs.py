@@ -8,7 +8,7 @@ from pathlib import Path
 
 from modelrollout.core.report import Report, to_json, to_markdown, to_text
 
-EXIT_PROMOTE, EXIT_REJECT, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_PROMOTE, EXIT_REJECT, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class UsageError(Exception):

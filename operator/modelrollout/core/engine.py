@@ -58,20 +58,27 @@ def build_report(
     intervals: dict[str, Interval] = {}
     delta_iv: dict[str, Interval] = {}
     samples: dict[str, int] = {}
+    dists: dict[str, Any] = {}
+    delta_dists: dict[str, Any] = {}
+    why: dict[str, str] = {}
     if quality is not None:
         cand.update(quality.candidate.metrics)
         intervals.update(quality.candidate.intervals)
         delta_iv.update(quality.delta_intervals)
         samples.update({k: quality.candidate.samples for k in quality.candidate.metrics})
+        dists, delta_dists = quality.candidate.distributions, quality.delta_distributions
+        why.update({k: f"the candidate's {v}" for k, v in quality.candidate.undefined.items()})
         if quality.baseline is not None:
             base = dict(quality.baseline.metrics)
+            for k, v in quality.baseline.undefined.items():
+                why.setdefault(k, f"the baseline's {v}")
     if candidate_system is not None:
         cand.update(candidate_system.values)
         samples.update(candidate_system.samples)
         intervals.update(candidate_system.intervals or {})
     if baseline_system is not None:
         base = {**(base or {}), **baseline_system.values}
-    ev = Evidence(cand, base, intervals, delta_iv, samples)
+    ev = Evidence(cand, base, intervals, delta_iv, samples, dists, delta_dists, why)
     results = evaluate(gates, ev)
     return Report(
         task=task, evidence=ev, gates=results, decision=decide(results),

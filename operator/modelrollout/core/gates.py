@@ -13,8 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+import numpy as np
+
 from modelrollout.core.figures import higher_is_better
-from modelrollout.core.quality import Interval
+from modelrollout.core.quality import FloatArray, Interval, percentile_interval
 from modelrollout.core.spec import Gate
 
 
@@ -33,6 +35,18 @@ class Evidence:
     intervals: Mapping[str, Interval] = field(default_factory=dict)
     delta_intervals: Mapping[str, Interval] = field(default_factory=dict)
     samples: Mapping[str, int] = field(default_factory=dict)
+    # bootstrap distributions (the candidate's, and paired candidate - baseline), so each gate takes the
+    # interval at its own confidence; without them only `intervals` at the report's level are known
+    distributions: Mapping[str, FloatArray] = field(default_factory=dict)
+    delta_distributions: Mapping[str, FloatArray] = field(default_factory=dict)
+    undefined: Mapping[str, str] = field(default_factory=dict)  # figure -> why it has no value
+
+    def interval(self, metric: str, level: float, paired: bool) -> Interval | None:
+        dist = (self.delta_distributions if paired else self.distributions).get(metric)
+        if dist is not None:
+            return percentile_interval(np.asarray(dist), level)
+        iv = (self.delta_intervals if paired else self.intervals).get(metric)
+        return iv if iv is not None and math.isclose(iv.level, level) else None
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,9 @@ def _check(index: int, gate: Gate, bound: str, threshold: float, ev: Evidence) -
         dry_run=gate.dry_run,
     )
     if value is None:
-        return replace(r, message=f"{m} has no value (no data, or every measurement failed)")
+        return replace(r, message=ev.undefined.get(m) or f"{m} has no value (no data, or every measurement failed)")
+    if bound in ("min", "max") and gate.confidence is not None:
+        return _absolute(r, gate.confidence, ev)
     if bound == "min":
         ok = value >= threshold
         return _verdict(r, ok, f"{m} {_fmt(value)} {'meets' if ok else 'is below'} the minimum {_fmt(threshold)}")
@@ -113,6 +129,28 @@ def _check(index: int, gate: Gate, bound: str, threshold: float, ev: Evidence) -
     return _relative(r, gate, value, base, ev)
 
 
+def _absolute(r: GateResult, confidence: float, ev: Evidence) -> GateResult:
+    """A bound with confidence: Pass when the candidate's whole interval is inside it, Fail when wholly
+    outside, Inconclusive when it straddles the bound."""
+    m, low_bound = r.metric, r.bound == "min"
+    iv = ev.interval(m, confidence, paired=False)
+    if iv is None:
+        return replace(r, message=f"{m} has no {confidence:.0%} interval (quality.resamples is 0, or the "
+                       "figure is undefined in every resample)")
+    r = replace(r, interval=iv)
+    level, span = f"at {confidence:.0%} confidence", f"[{_fmt(iv.low)}, {_fmt(iv.high)}]"
+    # strictly inside: an interval edge on the bound is the null's edge too (discrete figures land there)
+    inside, outside = (iv.low > r.threshold, iv.high < r.threshold) if low_bound else \
+        (iv.high < r.threshold, iv.low > r.threshold)
+    name = f"the {'minimum' if low_bound else 'maximum'} {_fmt(r.threshold)}"
+    if inside:
+        return _verdict(r, True, f"{level} {m} is in {span}, which meets {name}")
+    if outside:
+        return _verdict(r, False, f"{level} {m} is in {span}, which misses {name}")
+    return replace(r, message=f"{level} {m} is in {span}, which straddles {name}: not enough evidence either "
+                   f"way{_rows_hint(ev, m, iv, abs((iv.low + iv.high) / 2 - r.threshold))}")
+
+
 def _verdict(r: GateResult, ok: bool, message: str) -> GateResult:
     return replace(r, verdict=Verdict.PASS if ok else Verdict.FAIL, message=message)
 
@@ -120,7 +158,8 @@ def _verdict(r: GateResult, ok: bool, message: str) -> GateResult:
 def _relative(r: GateResult, gate: Gate, value: float, base: float | None, ev: Evidence) -> GateResult:
     m, bound, threshold = r.metric, r.bound, r.threshold
     if base is None:
-        return replace(r, message=f"{m} has no baseline value to compare with")
+        why = ev.undefined.get(m)
+        return replace(r, message=why or f"{m} has no baseline value to compare with")
     drop = bound.startswith("maxDrop")
     percent = bound.endswith("Percent")
     change = (base - value) if drop else (value - base)  # the change in the direction this bound limits
@@ -134,21 +173,37 @@ def _relative(r: GateResult, gate: Gate, value: float, base: float | None, ev: E
     if gate.confidence is None:
         return _verdict(r, change <= allowed, f"{m} {word}s by {_fmt(change / scale)}{unit} against the "
                         f"baseline ({_fmt(base)} → {_fmt(value)}); {limit}")
-    iv = ev.delta_intervals.get(m)
+    iv = ev.interval(m, gate.confidence, paired=True)
     if iv is None:
-        return replace(r, message=f"{m} has no paired interval against the baseline")
+        return replace(r, message=f"{m} has no paired {gate.confidence:.0%} interval against the baseline "
+                       "(quality.resamples is 0, or the figure is undefined in every resample)")
     r = replace(r, interval=iv)
     # worst and best plausible change in the limited direction, from the paired interval
     worst = -iv.low if drop else iv.high
     best = -iv.high if drop else iv.low
     level = f"at {gate.confidence:.0%} confidence"
     span = f"(candidate − baseline in [{_fmt(iv.low)}, {_fmt(iv.high)}])"
-    if worst <= allowed:
+    if worst < allowed:
         return _verdict(r, True, f"{level} {m} {word}s by at most {_fmt(worst / scale)}{unit} {span}; {limit}")
     if best > allowed:
         return _verdict(r, False, f"{level} {m} {word}s by at least {_fmt(best / scale)}{unit} {span}; {limit}")
     return replace(r, message=f"{level} {m} may {word} by more than {_fmt(threshold)}{unit} {span}: "
-                   "not enough evidence either way")
+                   f"not enough evidence either way{_rows_hint(ev, m, iv, abs((worst + best) / 2 - allowed))}")
+
+
+def detectable(iv: Interval) -> float:
+    """The smallest change this interval can tell from none: its half-width (the bootstrap spread)."""
+    return (iv.high - iv.low) / 2
+
+
+def _rows_hint(ev: Evidence, metric: str, iv: Interval, distance: float) -> str:
+    """About how many rows would decide: the half-width shrinks as 1/sqrt(rows), and a decision needs it
+    below `distance`, how far the interval's centre is from the bound."""
+    n, half = ev.samples.get(metric), detectable(iv)
+    if not n or half <= 0 or distance <= 0 or distance >= half:
+        return ""
+    rows = math.ceil(n * (half / distance) ** 2)
+    return f"; {n} rows resolve ±{_fmt(half)} here, about {rows} would decide it"
 
 
 def evaluate(gates: Sequence[Gate], ev: Evidence) -> list[GateResult]:

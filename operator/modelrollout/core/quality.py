@@ -16,144 +16,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from modelrollout.core.figures import QUALITY, SLICE_GAP_SUFFIX, Task
+from modelrollout.core.figures import QUALITY, SLICE_GAP_SUFFIX
+from modelrollout.core.problem import DataError as DataError  # re-exported: callers catch it from here
+from modelrollout.core.problem import FloatArray as FloatArray
+from modelrollout.core.problem import Problem as Problem
+from modelrollout.core.problem import encode as encode
 
-FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 Kernel = Callable[[IntArray], dict[str, FloatArray]]
 _EPS = float(np.finfo(np.float64).eps)
 #: Resamples drawn per chunk; bounds memory to chunk * rows * 8 bytes.
 CHUNK_CELLS = 4_000_000
-
-
-class DataError(ValueError):
-    """Hold-out data or predictions that cannot be scored; the message says what and where."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A scored problem: labels encoded once, so every kernel works on integer codes."""
-
-    task: Task
-    y: FloatArray  # class codes (classification) or targets (regression)
-    pred: FloatArray  # predicted codes or values
-    scores: FloatArray | None  # binary: P(positive), shape (n,); multiclass: (n, k) in class order
-    classes: tuple[Any, ...] = ()
-    n_features: int | None = None
-
-    @property
-    def n(self) -> int:
-        return int(self.y.shape[0])
-
-
-def encode(
-    task: Task,
-    y_true: Sequence[Any] | np.ndarray,
-    y_pred: Sequence[Any] | np.ndarray,
-    scores: np.ndarray | None = None,
-    *,
-    classes: Sequence[Any] | None = None,
-    positive_label: Any = None,
-    n_features: int | None = None,
-    who: str = "predictions",
-) -> Problem:
-    """Check shapes and labels and encode classes as 0..k-1 in sorted order.
-
-    For binary tasks `positive_label` (default 1, or True) is code 1. For multiclass tasks
-    `classes` are the model's classes, in the order of the probability columns.
-    """
-    yt = np.asarray(y_true)
-    yp = np.asarray(y_pred)
-    n = yt.shape[0]
-    if yp.shape[0] != n:
-        raise DataError(f"{who}: {yp.shape[0]} predictions for {n} hold-out rows")
-    if n == 0:
-        raise DataError("the hold-out set has no rows")
-    if task == "regression":
-        yt_f, yp_f = _numeric(yt, "labels"), _numeric(yp, who)
-        if not np.all(np.isfinite(yp_f)):
-            raise DataError(f"{who}: {int(np.sum(~np.isfinite(yp_f)))} predictions are not finite numbers")
-        return Problem(task, yt_f, yp_f, None, (), n_features)
-    if task == "binary-classification":
-        pos = positive_label if positive_label is not None else _default_positive(yt)
-        if classes is not None:
-            known = {str(_key(c)) for c in classes}
-            foreign = sorted({str(_key(v)) for v in _as_list(np.unique(yt))} - known)
-            if foreign:
-                raise DataError(f"labels {foreign[:5]} are not among the model's classes {list(classes)[:10]}")
-        labels = set(_as_list(np.unique(yt))) | set(_as_list(np.unique(yp)))
-        if len(labels) > 2:
-            raise DataError(f"{who}: binary task but found labels {sorted(map(str, labels))}")
-        if pos not in labels and str(pos) not in {str(v) for v in labels} and len(labels) == 2:
-            raise DataError(f"positive label {pos!r} is not among the labels {sorted(map(str, labels))}")
-        y = (_same(yt, pos)).astype(np.float64)
-        p = (_same(yp, pos)).astype(np.float64)
-        s = None
-        if scores is not None:
-            s = np.asarray(scores, dtype=np.float64)
-            if s.ndim == 2 and s.shape[1] == 2:  # predict_proba columns, in the model's class order
-                keys = [str(_key(c)) for c in classes] if classes is not None else []
-                s = s[:, keys.index(str(_key(pos))) if str(_key(pos)) in keys else 1]
-            if s.ndim != 1 or s.shape[0] != n:
-                raise DataError(f"{who}: scores of shape {np.shape(scores)} for {n} rows")
-            _check_probabilities(s, who)
-        negative = next((v for v in labels if not _same(np.asarray([v]), pos)[0]), None)
-        return Problem(task, y, p, s, (negative, pos), n_features)
-    # multiclass
-    found = sorted(set(_as_list(np.unique(yt))) | set(_as_list(np.unique(yp))), key=_sort_key)
-    cls = list(classes) if classes is not None else found
-    index = {str(_key(c)): i for i, c in enumerate(cls)}
-    missing = [c for c in found if str(_key(c)) not in index]
-    if missing:
-        raise DataError(f"labels {missing[:5]} are not among the model's classes {cls[:10]}")
-    y = np.array([index[str(_key(v))] for v in yt], dtype=np.float64)
-    p = np.array([index[str(_key(v))] for v in yp], dtype=np.float64)
-    s = None
-    if scores is not None:
-        s = np.asarray(scores, dtype=np.float64)
-        if s.ndim != 2 or s.shape != (n, len(cls)):
-            raise DataError(f"{who}: probabilities of shape {s.shape}, expected ({n}, {len(cls)})")
-        _check_probabilities(s, who)
-    return Problem(task, y, p, s, tuple(cls), n_features)
-
-
-def _as_list(a: np.ndarray) -> list[Any]:
-    return [v.item() if hasattr(v, "item") else v for v in a]
-
-
-def _key(v: Any) -> Any:
-    v = v.item() if hasattr(v, "item") else v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
-def _sort_key(v: Any) -> tuple[int, Any]:
-    return (0, v) if isinstance(v, int | float) else (1, str(v))
-
-
-def _same(a: np.ndarray, label: Any) -> npt.NDArray[np.bool_]:
-    if a.dtype.kind in "iufb" and isinstance(label, int | float | bool | np.number):
-        return np.asarray(a == label)
-    return np.asarray([str(_key(v)) == str(_key(label)) for v in a])
-
-
-def _default_positive(y: np.ndarray) -> Any:
-    if y.dtype.kind == "b":
-        return True
-    return 1
-
-
-def _numeric(a: np.ndarray, who: str) -> FloatArray:
-    try:
-        return a.astype(np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{who}: regression needs numbers, found {a[:3].tolist()}") from None
-
-
-def _check_probabilities(s: FloatArray, who: str) -> None:
-    if not np.all(np.isfinite(s)) or s.min() < 0 or s.max() > 1:
-        raise DataError(f"{who}: probabilities must lie in [0, 1] (found {np.nanmin(s):g}..{np.nanmax(s):g})")
 
 
 # --- kernels: row indices (b, m) -> metric -> values (b,) ----------------------------
@@ -216,11 +89,11 @@ def _binary_kernel(pb: Problem) -> Kernel:
     def kernel(idx: IntArray) -> dict[str, FloatArray]:
         tn, fp, fn, tp = _counts(cell, idx, 4).T
         total = tp + fp + fn + tn
-        out = {
+        out = {  # 0/0 is undefined (NaN), not 0: a gate on it is Inconclusive, never a pass or a fail
             "accuracy": _div(tp + tn, total, np.nan),
-            "precision": _div(tp, tp + fp),
-            "recall": _div(tp, tp + fn),
-            "f1": _div(2 * tp, 2 * tp + fp + fn),
+            "precision": _div(tp, tp + fp, np.nan),
+            "recall": _div(tp, tp + fn, np.nan),
+            "f1": _div(2 * tp, 2 * tp + fp + fn, np.nan),
         }
         if ranking is not None and losses is not None:
             out["roc_auc"], out["pr_auc"] = ranking.curves(idx)
@@ -272,7 +145,7 @@ def _regression_kernel(pb: Problem) -> Kernel:
         yd = pb.y[idx]
         ss_tot = np.sum((yd - yd.mean(axis=1, keepdims=True)) ** 2, axis=1)  # two-pass, as scikit-learn
         sse = _sums(sq, idx)
-        r2 = np.where(ss_tot != 0, 1 - _div(sse, ss_tot), np.where(sse == 0, 1.0, 0.0))
+        r2 = np.where(ss_tot != 0, 1 - _div(sse, ss_tot), np.nan)  # constant labels: R² is undefined
         r2 = np.where(n >= 2, r2, np.nan)
         mse = _div(sse, n, np.nan)
         out = {"mse": mse, "rmse": np.sqrt(mse), "mae": _div(_sums(ab, idx), n, np.nan), "r2": r2,
@@ -297,12 +170,28 @@ def kernel_for(pb: Problem) -> Kernel:
 
 
 def metrics(pb: Problem) -> dict[str, float]:
-    """Every quality figure for the task, equal to scikit-learn's on the same arrays.
+    """Every quality figure for the task, equal to scikit-learn's on the same arrays where it is defined.
 
-    A figure scikit-learn leaves undefined (ROC-AUC with one class present) is NaN.
+    An undefined figure is NaN (`undefined` says why): ROC-AUC with one class present, precision,
+    recall and F1 at 0/0 (scikit-learn's `zero_division=np.nan`), R² of constant labels (its
+    `force_finite=False`).
     """
     values = kernel_for(pb)(np.arange(pb.n, dtype=np.int64)[None, :])
     return {k: float(v[0]) for k, v in values.items()}
+
+
+_WHY = {
+    "precision": "no positive predictions", "recall": "no positive labels in the hold-out",
+    "f1": "no positive labels and no positive predictions", "r2": "every label has the same value",
+    "adjusted_r2": "every label has the same value, or no more rows than features + 1",
+    "roc_auc": "the hold-out has one class only", "pr_auc": "the hold-out has no positive labels",
+}
+
+
+def undefined(values: Mapping[str, float]) -> dict[str, str]:
+    """Why each undefined (NaN) figure has no value, in words for a report."""
+    return {k: f"{k} undefined: {_WHY.get(k, 'no rows to compute it from')}" for k, v in values.items()
+            if not np.isfinite(v)}
 
 
 def confusion_matrix(pb: Problem) -> list[list[int]]:
@@ -373,6 +262,8 @@ class QualityReport:
     slices: list[SliceReport] = field(default_factory=list)
     confusion: list[list[int]] | None = None
     samples: int = 0
+    undefined: dict[str, str] = field(default_factory=dict)  # figure -> why it has no value
+    distributions: dict[str, FloatArray] = field(default_factory=dict)  # bootstrap, for any gate's level
 
 
 @dataclass
@@ -381,6 +272,7 @@ class Comparison:
     baseline: QualityReport | None
     delta: dict[str, float]
     delta_intervals: dict[str, Interval]
+    delta_distributions: dict[str, FloatArray] = field(default_factory=dict)  # paired, candidate - baseline
 
 
 def slice_reports(pb: Problem, slice_columns: Mapping[str, Sequence[Any]]) -> list[SliceReport]:
@@ -416,6 +308,10 @@ def compare(
     """Score the candidate (and the baseline on the same rows), with paired bootstrap intervals."""
     if baseline is not None and baseline.n != candidate.n:
         raise DataError(f"baseline has {baseline.n} rows, candidate {candidate.n}: not the same hold-out")
+    if baseline is not None and (candidate.scores is None) != (baseline.scores is None):
+        has, lacks = ("candidate", "baseline") if baseline.scores is None else ("baseline", "candidate")
+        raise DataError(f"the {has}'s predictions have scores (probabilities) and the {lacks}'s do not: give "
+                        "both or neither, so roc_auc, pr_auc and log_loss compare like with like")
     kernels = [kernel_for(candidate)] + ([kernel_for(baseline)] if baseline is not None else [])
     dists = bootstrap_distributions(kernels, candidate.n, resamples, seed) if resamples > 0 else []
 
@@ -432,19 +328,21 @@ def compare(
             for metric, gap in s.gaps.items():
                 name = metric + SLICE_GAP_SUFFIX
                 m[name] = max(m.get(name, gap), gap)
-        return QualityReport(m, ivs, sl, cm, pb.n)
+        return QualityReport(m, ivs, sl, cm, pb.n, undefined(m), dict(dist or {}))
 
     cand = report(candidate, dists[0] if dists else None)
     base = report(baseline, dists[1] if len(dists) > 1 else None) if baseline is not None else None
     delta: dict[str, float] = {}
     delta_iv: dict[str, Interval] = {}
+    delta_dists: dict[str, FloatArray] = {}
     if base is not None:
         for k, v in cand.metrics.items():
             if k in base.metrics:
                 delta[k] = v - base.metrics[k]
         if len(dists) > 1:
             for k in dists[0]:
-                iv = percentile_interval(dists[0][k] - dists[1][k], level)
+                delta_dists[k] = dists[0][k] - dists[1][k]
+                iv = percentile_interval(delta_dists[k], level)
                 if iv is not None:
                     delta_iv[k] = iv
-    return Comparison(cand, base, delta, delta_iv)
+    return Comparison(cand, base, delta, delta_iv, delta_dists)

@@ -8,7 +8,10 @@ JSON schema `modelrollout.dev/report/v1` (the operator, the exporter and CI read
     figures       [{name, candidate, baseline, delta, interval, deltaInterval}], numbers or null;
                   an interval is {low, high, level, resamples}
     gates         [{index, metric, bound, threshold, value, baseline, delta, interval, confidence,
-                    samples, verdict: "Pass" | "Fail" | "Inconclusive", dryRun, message}]
+                    samples, verdict: "Pass" | "Fail" | "Inconclusive", dryRun, message, detectable}];
+                  with confidence, `interval` is the one the gate decided on (paired candidate -
+                  baseline for a relative bound) at its own level, and `detectable` its half-width:
+                  the smallest change this hold-out can tell from none at that confidence
     candidate     {metrics, slices, confusionMatrix} ; baseline: the same, or null
     dataQuality   {rows, columns, missing, duplicateRows, labels}
     details       free-form sections (probe curves, capacity); not covered by the schema
@@ -23,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelrollout.core.gates import Decision, Evidence, GateResult, worse
+from modelrollout.core.gates import Decision, Evidence, GateResult, detectable, worse
 from modelrollout.core.quality import Interval, QualityReport
 
 SCHEMA = "modelrollout.dev/report/v1"
@@ -79,6 +82,7 @@ def gate_dict(r: GateResult) -> dict[str, Any]:
         "value": _num(r.value), "baseline": _num(r.baseline), "delta": _num(r.delta),
         "interval": _iv(r.interval), "confidence": r.confidence, "samples": r.samples,
         "verdict": str(r.verdict), "dryRun": r.dry_run, "message": r.message,
+        "detectable": _num(detectable(r.interval)) if r.confidence is not None and r.interval else None,
     }
 
 
@@ -117,7 +121,10 @@ def from_status(task: str, status: Mapping[str, Any]) -> Report:
         index=g["index"], metric=g["metric"], bound=g["bound"], threshold=g["threshold"],
         verdict=Verdict(g["verdict"]), message=g.get("message", ""), value=g.get("value"),
         baseline=g.get("baseline"), delta=g.get("delta"), confidence=g.get("confidence"),
-        samples=g.get("samples"), dry_run=bool(g.get("dryRun"))) for g in status.get("gates") or []]
+        samples=g.get("samples"), dry_run=bool(g.get("dryRun")),
+        interval=Interval(g["interval"]["low"], g["interval"]["high"], g["interval"].get("level", 0.95),
+                          g["interval"].get("resamples", 0)) if g.get("interval") else None)
+        for g in status.get("gates") or []]
     ev = Evidence(cand.get("metrics") or {}, (status.get("baseline") or {}).get("metrics"), ivs)
     d = status.get("decision") or {}
     outcome = Outcome.PROMOTE if d.get("result") == "Promoted" else Outcome.REJECT
@@ -147,23 +154,34 @@ def rows(rep: Report) -> list[list[str]]:
         d = "-" if delta is None else f"{'+' if delta >= 0 else ''}{_f(delta)}" + (" ▼" if worse(name, delta) and
                                                                                     delta != 0 else "")
         iv = ev.intervals.get(name)
-        interval = "-" if iv is None else f"[{_f(iv.low)}, {_f(iv.high)}]"
+        own = "-" if iv is None else f"[{_f(iv.low)}, {_f(iv.high)}]"
         checks = by_metric.pop(name, [])
         if not checks:
-            out.append([name, _f(c), _f(b), d, interval, "", ""])
+            out.append([name, _f(c), _f(b), d, own, "", ""])
         for i, r in enumerate(checks):
             gate = f"{r.bound} {_f(r.threshold)}" + (" (dry run)" if r.dry_run else "")
+            interval = _decided_on(r) or (own if i == 0 else "")
             if i == 0:
                 out.append([name, _f(c), _f(b), d, interval, gate, str(r.verdict)])
             else:
-                out.append(["", "", "", "", "", gate, str(r.verdict)])
+                out.append(["", "", "", "", interval, gate, str(r.verdict)])
     for name, checks in by_metric.items():  # gates on figures nobody produced
         for r in checks:
             out.append([name, "-", "-", "-", "-", f"{r.bound} {_f(r.threshold)}", str(r.verdict)])
     return out
 
 
+def _decided_on(r: GateResult) -> str | None:
+    """The interval a confidence gate decided on, labelled: Δ for the paired candidate − baseline one."""
+    if r.confidence is None or r.interval is None:
+        return None
+    paired = "Δ" if r.bound not in ("min", "max") else ""
+    return f"{paired}[{_f(r.interval.low)}, {_f(r.interval.high)}] {r.confidence:.0%}"
+
+
 HEADER = ["figure", "candidate", "baseline", "delta", "interval", "gate", "verdict"]
+LEGEND = ("interval: the candidate's own, or the one a confidence gate decided on at its level "
+          "(Δ[...]: paired, candidate − baseline); ▼: worse than the baseline")
 
 
 def to_text(rep: Report) -> str:
@@ -171,7 +189,7 @@ def to_text(rep: Report) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("")
+    lines += [LEGEND, ""]
     lines.append(f"decision: {rep.decision.outcome} ({rep.decision.reason})")
     return "\n".join(lines)
 
@@ -183,6 +201,7 @@ def to_markdown(rep: Report) -> str:
     for r in rows(rep):
         r = [*r[:6], icon.get(r[6], r[6])]
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    out += ["", LEGEND]
     failing = [g for g in rep.gates if not g.passed]
     if failing:
         out += ["", "**Gates not passed**", ""]

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from modelrollout.core.figures import TASKS, Task, figures_for, task_for_metric
+from modelrollout.core.figures import SLICE_GAP_SUFFIX, SYSTEM, TASKS, Task, figures_for, task_for_metric
 from modelrollout.core.text import cap, short
 from modelrollout.core.units import format_duration, parse_duration, parse_size
 
@@ -249,8 +249,10 @@ class Gate(_Model):
             )
         if self.min is not None and self.max is not None and self.min > self.max:
             raise _err("gate_range", f"min ({self.min:g}) is greater than max ({self.max:g})")
-        if self.confidence is not None and not self.relative:
-            raise _err("gate_confidence", "confidence applies only to a relative bound (maxDrop, maxIncrease, ...)")
+        if self.confidence is not None and (self.metric in SYSTEM or self.metric.endswith(SLICE_GAP_SUFFIX)):
+            raise _err("gate_confidence", f"confidence needs a figure with a bootstrap interval, and {self.metric!r} "
+                       "has none (quality figures have them; latency, throughput, memory, capacity and slice gaps "
+                       "not yet): remove confidence")
         ctx = info.context or {}
         if self.relative and ctx.get("has_baseline") is False:
             raise _err("gate_baseline", f"{self.metric!r} has a relative bound but no baseline was given")

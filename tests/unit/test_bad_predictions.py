@@ -1,0 +1,65 @@
+"""Input mistakes are clear errors (exit 2) naming what is wrong; a bug is exit 3, never "reject"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modelrollout.cli import main as cli
+from modelrollout.core.figures import Task
+from modelrollout.core.quality import DataError, compare, encode
+from tests.unit.test_cli_score import BASE, EX, run
+
+TASK: Task = "binary-classification"
+
+
+def test_a_nan_score_is_named_as_such_with_its_row() -> None:
+    with pytest.raises(DataError, match=r"candidate: 1 scores are not numbers \(NaN or infinite\), the first in row 2"):
+        encode(TASK, [0, 1, 1], [0, 1, 1], np.array([0.1, 0.9, np.nan]), who="candidate")
+
+
+def test_one_class_of_string_labels_without_a_positive_label_is_refused() -> None:
+    """All rows would be scored negative (accuracy 1.0, F1 0.0) if the positive label were guessed."""
+    with pytest.raises(DataError, match=r"positive label 1 is not among the labels \['yes'\] \(set holdout"):
+        encode(TASK, ["yes"] * 4, ["yes"] * 4)
+    encode(TASK, ["yes"] * 4, ["yes"] * 4, positive_label="yes")  # named: fine
+    encode(TASK, [0, 0, 0], [0, 0, 1])  # 0/1 labels: 1 is positive, even if absent
+
+
+def test_multiclass_probabilities_must_sum_to_one() -> None:
+    s = np.array([[0.5, 0.3, 0.1], [0.2, 0.3, 0.5]])
+    with pytest.raises(DataError, match=r"1 rows do not \(row 0 sums to 0.9\)"):
+        encode("multiclass-classification", [0, 2], [0, 2], s, classes=[0, 1, 2])
+
+
+def test_scores_for_one_variant_only_are_refused_not_a_crash() -> None:
+    cand = encode(TASK, [0, 1, 1, 0], [0, 1, 1, 0], np.array([0.1, 0.8, 0.7, 0.2]))
+    base = encode(TASK, [0, 1, 1, 0], [0, 1, 0, 0])
+    with pytest.raises(DataError, match=r"the candidate's predictions have scores .* and the baseline's do not"):
+        compare(cand, base, resamples=10)
+
+
+def test_a_score_column_in_one_file_only_exits_2(tmp_path: Path) -> None:
+    pd.read_csv(EX / "baseline.csv")[["prediction"]].to_csv(tmp_path / "b.csv", index=False)
+    args = [*BASE[:BASE.index("--baseline")], "--baseline", str(tmp_path / "b.csv"), "--gates", str(EX / "gates.yaml")]
+    out = run(*args)
+    assert out.returncode == 2 and "error: the candidate's predictions have scores" in out.stderr, out
+    assert "Traceback" not in out.stderr
+
+
+def test_an_internal_error_exits_3_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # No real input makes the engine raise an unexpected exception any more, so one is injected:
+    # the claim is what the CLI does with a bug, not how one arises.
+    def boom(*_: object, **__: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "build_report", boom)
+    code = cli.main(["score", *BASE, "--gates", str(EX / "gates.yaml")])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.startswith("internal error: ZeroDivisionError: division by zero (at test_bad_predictions.py:")
+    assert err.count("\n") == 1
