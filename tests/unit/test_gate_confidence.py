@@ -120,3 +120,12 @@ def test_the_table_shows_the_interval_each_gate_decided_on_and_what_the_hold_out
     half = (relative.interval.high - relative.interval.low) / 2
     assert js[0]["detectable"] == pytest.approx(half) and 0.01 < half < 0.06  # ~±0.03 at 300 rows
     assert js[0]["interval"]["level"] == 0.9 and js[1]["interval"]["level"] == 0.99
+
+
+def test_the_json_report_has_null_and_the_reason_for_an_undefined_figure() -> None:
+    y = np.array([0, 1] * 20)
+    q = score_quality(TASK, y, Predicted(np.zeros_like(y)), None, QualitySettings(resamples=20))
+    js = to_json(build_report(TASK, [g(metric="precision", min=0.5)], q))
+    assert js["candidate"]["metrics"]["precision"] is None
+    assert js["candidate"]["undefined"] == {"precision": "precision undefined: no positive predictions"}
+    assert js["gates"][0]["verdict"] == "Inconclusive"

@@ -12,7 +12,8 @@ JSON schema `modelrollout.dev/report/v1` (the operator, the exporter and CI read
                   with confidence, `interval` is the one the gate decided on (paired candidate -
                   baseline for a relative bound) at its own level, and `detectable` its half-width:
                   the smallest change this hold-out can tell from none at that confidence
-    candidate     {metrics, slices, confusionMatrix} ; baseline: the same, or null
+    candidate     {metrics, undefined, slices, confusionMatrix} ; baseline: the same, or null;
+                  `undefined` says why each null figure has no value
     dataQuality   {rows, columns, missing, duplicateRows, labels}
     details       free-form sections (probe curves, capacity); not covered by the schema
 
@@ -67,6 +68,7 @@ def _quality(q: QualityReport | None) -> dict[str, Any] | None:
         return None
     return {
         "metrics": {k: _num(v) for k, v in q.metrics.items()},
+        "undefined": dict(q.undefined),  # figure -> why it is null
         "confusionMatrix": q.confusion,
         "slices": [
             {"column": s.column, "sizes": s.sizes, "gaps": s.gaps,
