@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import r2_score
 
 from modelrollout.cli import main as cli
 from modelrollout.core.figures import Task
@@ -63,3 +65,21 @@ def test_an_internal_error_exits_3_with_one_line(monkeypatch: pytest.MonkeyPatch
     assert code == 3
     assert err.startswith("internal error: ZeroDivisionError: division by zero (at test_bad_predictions.py:")
     assert err.count("\n") == 1
+
+
+def test_feature_columns_named_on_the_command_line_are_what_adjusted_r2_counts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2))
+    y = x @ [2.0, -1.0] + rng.normal(scale=0.5, size=200)
+    pd.DataFrame({"id": range(200), "ts": range(10**9, 10**9 + 200), "x0": x[:, 0], "x1": x[:, 1], "y": y}) \
+        .to_csv(tmp_path / "h.csv", index=False)
+    pd.DataFrame({"prediction": x @ [2.0, -1.0]}).to_csv(tmp_path / "c.csv", index=False)
+    (tmp_path / "g.yaml").write_text("task: regression\ngates: [{metric: r2, min: 0}]\n")
+
+    r2 = r2_score(y, x @ [2.0, -1.0])
+    for extra, p in ([], 4), (["--feature-column", "x0", "--feature-column", "x1"], 2):
+        out = run("--holdout", str(tmp_path / "h.csv"), "--label-column", "y", "--candidate", str(tmp_path / "c.csv"),
+                  "--gates", str(tmp_path / "g.yaml"), "--output", str(tmp_path / "r.json"), *extra)
+        assert out.returncode == 0, out.stderr
+        figs = {f["name"]: f["candidate"] for f in json.loads((tmp_path / "r.json").read_text())["figures"]}
+        assert figs["adjusted_r2"] == pytest.approx(1 - (1 - r2) * 199 / (200 - p - 1), abs=1e-12), p

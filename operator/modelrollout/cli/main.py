@@ -48,6 +48,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UsageError("the task is needed: give --task or put `task:` in the gates file")
     df = read_table(args.holdout)
     hold = prepare(df, task=task, label_column=args.label_column, slice_columns=args.slice_column or [],
+                   feature_columns=args.feature_column,
                    name=args.holdout)
     cand = read_predictions(args.candidate, task=task, column=args.prediction_column)
     base = read_predictions(args.baseline, task=task, column=args.prediction_column) if args.baseline else None
@@ -98,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--holdout", required=True, help="hold-out file: .csv, .parquet, .jsonl or .npz")
     s.add_argument("--label-column", required=True)
     s.add_argument("--slice-column", action="append", help="a column to report per-group figures for")
+    s.add_argument("--feature-column", action="append",
+                   help="a column the model takes (repeat; default: every column but the label and slices); "
+                        "adjusted_r2 counts these")
     s.add_argument("--candidate", required=True, help="candidate predictions (column `prediction`, "
                    "optional `score` or `proba_<class>`)")
     s.add_argument("--baseline", help="baseline predictions, same layout")
