@@ -75,7 +75,7 @@ async def measure(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: P
         await client.wait_ready(spec.staging.ready_timeout)
         progress(f"{v.label}: scoring {len(X)} hold-out rows")
         pred = await client.predict_all(X)
-        classes = await client.classes()
+        classes = await client.classes() or spec.serving.classes
         ld = spec.load
 
         async def sweep() -> list[LoadResult]:

@@ -15,11 +15,14 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score, roc_auc_score
 
+from modelrollout.core.quality import DataError, encode, metrics
 from modelrollout.probes.load import LoadConfig, run_load
 from modelrollout.serving.client import Endpoint, ModelClient
 from tests.integration.conftest import Server, Trained, free_port
@@ -75,6 +78,29 @@ def test_our_client_reads_mlserver_predictions_and_probabilities(trained: Traine
         np.testing.assert_allclose(pred.proba, model.predict_proba(trained.X), rtol=1e-9)  # type: ignore[attr-defined]
 
     asyncio.run(go())
+
+
+def test_class_order_is_never_guessed_and_figures_equal_sklearns_for_either_positive_label(
+        trained: Trained, mlserver: str) -> None:
+    """MLServer's metadata does not give the class order: two probability columns are refused until the
+    manifest names it (spec.serving.classes), then ROC-AUC equals scikit-learn's for positiveLabel 0 and 1."""
+    model = trained.models["candidate"]
+
+    async def go() -> tuple[Any, Any]:
+        async with ModelClient(Endpoint(mlserver, "churn", "v2")) as c:
+            return await c.predict_all(trained.X, batch_size=64), await c.classes()
+
+    pred, classes = asyncio.run(go())
+    assert classes is None and pred.proba is not None and pred.proba.shape == (len(trained.y), 2)
+    with pytest.raises(DataError, match="class order is unknown"):
+        encode("binary-classification", trained.y, pred.labels, pred.proba)
+    truth = model.predict_proba(trained.X)  # type: ignore[attr-defined]
+    for positive in (0, 1):
+        pb = encode("binary-classification", trained.y, pred.labels, pred.proba, classes=[0, 1],
+                    positive_label=positive)
+        ours = metrics(pb)
+        assert ours["roc_auc"] == pytest.approx(roc_auc_score(trained.y == positive, truth[:, positive]), abs=1e-12)
+        assert ours["f1"] == pytest.approx(f1_score(trained.y, pred.labels, pos_label=positive), abs=1e-12)
 
 
 def test_our_load_probe_drives_mlserver(trained: Trained, mlserver: str) -> None:

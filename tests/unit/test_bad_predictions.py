@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import r2_score
+from sklearn.metrics import r2_score, roc_auc_score
 
 from modelrollout.cli import main as cli
 from modelrollout.core.figures import Task
-from modelrollout.core.quality import DataError, compare, encode
+from modelrollout.core.quality import DataError, compare, encode, metrics
+from modelrollout.serving.protocol import ProtocolError, parse_v2_response
 from tests.unit.test_cli_score import BASE, EX, run
 
 TASK: Task = "binary-classification"
@@ -83,3 +84,28 @@ def test_feature_columns_named_on_the_command_line_are_what_adjusted_r2_counts(t
         assert out.returncode == 0, out.stderr
         figs = {f["name"]: f["candidate"] for f in json.loads((tmp_path / "r.json").read_text())["figures"]}
         assert figs["adjusted_r2"] == pytest.approx(1 - (1 - r2) * 199 / (200 - p - 1), abs=1e-12), p
+
+
+def test_two_probability_columns_without_a_class_order_are_refused_never_guessed() -> None:
+    y = np.array([0, 1, 1, 0, 1])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.4, 0.6]])
+    with pytest.raises(DataError, match=r"class order is unknown: .* set spec.serving.classes"):
+        encode(TASK, y, y, proba)
+    for positive in (0, 1):  # the column is the positive label's, whichever it is
+        for classes in ([0, 1], [1, 0]):
+            cols = proba if classes == [0, 1] else proba[:, ::-1]
+            pb = encode(TASK, y, y, cols, classes=classes, positive_label=positive)
+            assert metrics(pb)["roc_auc"] == pytest.approx(roc_auc_score(y == positive, proba[:, positive]))
+    one = encode(TASK, y, y, proba[:, 1:])  # one column: the positive class's probability
+    assert one.scores is not None and one.scores.tolist() == proba[:, 1].tolist()
+
+
+def test_a_servers_single_default_output_and_named_outputs() -> None:
+    out0 = {"outputs": [{"name": "output-0", "datatype": "INT64", "shape": [3], "data": [1, 0, 1]}]}
+    assert parse_v2_response(out0, 3).labels.tolist() == [1, 0, 1]
+    two = {"outputs": [{"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 0]},
+                       {"name": "p", "datatype": "FP64", "shape": [2], "data": [0.9, 0.2]}]}
+    with pytest.raises(ProtocolError, match=r"no output named 'predict'.*spec.serving.outputs.labels"):
+        parse_v2_response(two, 2)
+    got = parse_v2_response(two, 2, "label", "p")
+    assert got.labels.tolist() == [1, 0] and got.proba is not None and got.proba.shape == (2, 1)

@@ -112,7 +112,9 @@ def run_demo(args: argparse.Namespace) -> int:
             progress(f"serving candidate at {cand_url}, baseline at {base_url}")
             variants = [
                 Variant(label, Endpoint(url, name, spec.serving.protocol, spec.serving.timeout,
-                                        int(spec.serving.max_response_size), label), ProcessSource(pid),
+                                        int(spec.serving.max_response_size), label,
+                                        outputs=(spec.serving.outputs.labels, spec.serving.outputs.probabilities)),
+                        ProcessSource(pid),
                         memory_source="process (psutil)")
                 for label, url, pid in (("candidate", cand_url, cand_pid), ("baseline", base_url, base_pid))]
             rep, measured = asyncio.run(evaluate_servers(spec, hold, variants[0], variants[1], this_machine(),

@@ -31,7 +31,8 @@ async def metrics_source(url: str) -> Source | None:
 
 def endpoint(spec: ModelRolloutSpec, url: str, label: str) -> Endpoint:
     s = spec.serving
-    return Endpoint(url, s.model_name, s.protocol, s.timeout, int(s.max_response_size), label)
+    return Endpoint(url, s.model_name, s.protocol, s.timeout, int(s.max_response_size), label,
+                    outputs=(s.outputs.labels, s.outputs.probabilities))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

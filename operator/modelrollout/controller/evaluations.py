@@ -172,7 +172,8 @@ class Evaluations:
             selector = tuple((((dep or {}).get("spec") or {}).get("template", {}).get("spec", {})
                               .get("nodeSelector") or {}).items())
             ep = Endpoint(url, spec.serving.model_name, spec.serving.protocol, spec.serving.timeout,
-                          int(spec.serving.max_response_size), v, headers)
+                          int(spec.serving.max_response_size), v, headers,
+                          (spec.serving.outputs.labels, spec.serving.outputs.probabilities))
             memory, leak, where = await self._sources(sns, dep, PrometheusSource(url.rstrip("/") + "/metrics"),
                                                       spec.staging.replicas)
             variants.append(Variant(v, ep, memory, mem, cpu, selector, leak_source=leak, memory_source=where))

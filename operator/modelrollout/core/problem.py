@@ -86,9 +86,18 @@ def encode(
         s = None
         if scores is not None:
             s = np.asarray(scores, dtype=np.float64)
+            if s.ndim == 2 and s.shape[1] == 1:  # one column: the positive class's probability
+                s = s[:, 0]
             if s.ndim == 2 and s.shape[1] == 2:  # predict_proba columns, in the model's class order
-                keys = [str(_key(c)) for c in classes] if classes is not None else []
-                s = s[:, keys.index(str(_key(pos))) if str(_key(pos)) in keys else 1]
+                if classes is None:  # never guessed: with positiveLabel 0 a guess inverts ROC-AUC
+                    raise DataError(f"{who}: two probability columns but their class order is unknown: the "
+                                    "server's metadata has no parameters.classes; set spec.serving.classes "
+                                    "(e.g. [0, 1])")
+                keys = [str(_key(c)) for c in classes]
+                if str(_key(pos)) not in keys:
+                    raise DataError(f"{who}: the positive label {pos!r} is not among the classes "
+                                    f"{[str(k) for k in keys][:10]}")
+                s = s[:, keys.index(str(_key(pos)))]
             if s.ndim != 1 or s.shape[0] != n:
                 raise DataError(f"{who}: scores of shape {np.shape(scores)} for {n} rows")
             _check_probabilities(s, who)

@@ -124,9 +124,18 @@ class SecretKeyRef(_Model):
     key: Name
 
 
+class Outputs(_Model):
+    """The V2 output names asked for: predicted labels, and class probabilities (null: none asked)."""
+    labels: Name = "predict"
+    probabilities: Name | None = "predict_proba"
+
+
 class Serving(_Model):
     protocol: Literal["v2", "v1"] = "v2"
     model_name: Name
+    # the probability columns' class order when the server's metadata does not say (parameters.classes)
+    classes: list[str | int] | None = Field(None, min_length=2, max_length=1000)
+    outputs: Outputs = Outputs()
     port: int = Field(8080, ge=1, le=65535)
     timeout: Annotated[float, _dur(5 * MINUTE)] = 10.0
     max_response_size: Annotated[float, _bytes(1024 * MIB)] = 8 * 2**20

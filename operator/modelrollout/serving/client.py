@@ -47,6 +47,7 @@ class Endpoint:
     max_response_bytes: int = 8 * 2**20
     label: str = "server"  # "candidate" or "baseline", for messages
     headers: tuple[tuple[str, str], ...] = ()
+    outputs: tuple[str, str | None] = ("predict", "predict_proba")  # V2 output names: labels, probabilities
 
     @property
     def base(self) -> str:
@@ -59,7 +60,8 @@ class Endpoint:
 
     def request_body(self, rows: np.ndarray, proba: bool = True) -> dict[str, Any]:
         if self.protocol == "v2":
-            return v2_request(rows, ["predict", "predict_proba"] if proba else None)
+            labels, probabilities = self.outputs
+            return v2_request(rows, [labels, probabilities] if proba and probabilities else [labels])
         return v1_request(rows)
 
 
@@ -166,7 +168,7 @@ class ModelClient:
                                 self.ep.request_body(rows))
         try:
             if self.ep.protocol == "v2":
-                return parse_v2_response(body, len(rows))
+                return parse_v2_response(body, len(rows), *self.ep.outputs)
             return parse_v1_response(body, len(rows))
         except ProtocolError as e:
             raise ServerError(f"{self.ep.label} server {self.ep.base}",

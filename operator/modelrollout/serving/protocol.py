@@ -124,20 +124,27 @@ class Prediction:
     proba: np.ndarray | None = None
 
 
-def parse_v2_response(body: Any, rows: int) -> Prediction:
+def parse_v2_response(body: Any, rows: int, labels_name: str = "predict",
+                      proba_name: str | None = "predict_proba") -> Prediction:
+    """Labels from the output named `labels_name` (or the only output, as a server's `output-0`), and
+    probabilities from `proba_name`: one column per class, or one column (the positive class's)."""
     if not isinstance(body, dict) or not isinstance(body.get("outputs"), list) or not body["outputs"]:
         raise ProtocolError("the response has no `outputs` list")
     outputs = {o.get("name"): o for o in body["outputs"] if isinstance(o, dict)}
-    first = body["outputs"][0]
-    labels = tensor_array(outputs.get("predict", first))
+    if labels_name not in outputs and len(outputs) > 1:
+        raise ProtocolError(f"no output named {labels_name!r} (outputs: {sorted(map(str, outputs))[:10]}); "
+                            "name it in spec.serving.outputs.labels")
+    labels = tensor_array(outputs.get(labels_name, body["outputs"][0]))
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.shape[0] != rows:
         raise ProtocolError(f"{labels.shape[0] if labels.ndim else 0} predictions of shape "
                             f"{list(labels.shape)} for {rows} rows")
     proba = None
-    if "predict_proba" in outputs:
-        proba = tensor_array(outputs["predict_proba"]).astype(np.float64)
+    if proba_name is not None and proba_name in outputs:
+        proba = tensor_array(outputs[proba_name]).astype(np.float64)
+        if proba.ndim == 1 and proba.shape[0] == rows:  # the positive class's probability only
+            proba = proba[:, None]
         if proba.ndim != 2 or proba.shape[0] != rows:
             raise ProtocolError(f"probabilities of shape {list(proba.shape)} for {rows} rows")
     return Prediction(labels, proba)
