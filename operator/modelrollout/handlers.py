@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from modelrollout.controller import Controller
 from modelrollout.controller.settings import Settings
-from modelrollout.core.decide import TERMINAL
+from modelrollout.core.decide import ANNOTATION_UNDO, TERMINAL
 from modelrollout.core.spec import GROUP, VERSION
 from modelrollout.kube.api import Kube
 from modelrollout.opmetrics import OperatorMetrics
@@ -53,12 +53,15 @@ async def changed(body: kopf.Body, **_: Any) -> None:
     await controller().reconcile(_body(body))
 
 
-def _undecided(status: kopf.Status, **_: Any) -> bool:
-    """A decided rollout needs no timer: undo, retry and spec changes arrive as updates."""
-    return str(status.get("phase") or "") not in TERMINAL
+def _ticking(status: kopf.Status, annotations: kopf.Annotations, **_: Any) -> bool:
+    """A decided rollout needs no timer (retry and spec changes arrive as updates), except an undo that
+    waits for the target to come back to the template this rollout wrote (a change of the target is
+    not an event of the rollout's)."""
+    undo = annotations.get(ANNOTATION_UNDO) == "true" and status.get("phase") == "Promoted"
+    return undo or str(status.get("phase") or "") not in TERMINAL
 
 
-@kopf.timer(*RESOURCE, interval=SETTINGS.interval, backoff=BACKOFF, when=_undecided)
+@kopf.timer(*RESOURCE, interval=SETTINGS.interval, backoff=BACKOFF, when=_ticking)
 async def tick(body: kopf.Body, **_: Any) -> None:
     if not controller().evaluating(body):  # an evaluation in flight needs no API reads
         await controller().reconcile(_body(body))
