@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from modelrollout.controller import Controller
 from modelrollout.controller.settings import Settings
-from modelrollout.core.decide import ANNOTATION_UNDO, TERMINAL
+from modelrollout.core.decide import ANNOTATION_RETRY, ANNOTATION_UNDO, TERMINAL
 from modelrollout.core.spec import GROUP, VERSION
 from modelrollout.kube.api import Kube
 from modelrollout.opmetrics import OperatorMetrics
@@ -54,11 +54,13 @@ async def changed(body: kopf.Body, **_: Any) -> None:
 
 
 def _ticking(status: kopf.Status, annotations: kopf.Annotations, **_: Any) -> bool:
-    """A decided rollout needs no timer (retry and spec changes arrive as updates), except an undo that
-    waits for the target to come back to the template this rollout wrote (a change of the target is
-    not an event of the rollout's)."""
-    undo = annotations.get(ANNOTATION_UNDO) == "true" and status.get("phase") == "Promoted"
-    return undo or str(status.get("phase") or "") not in TERMINAL
+    """A decided rollout needs no timer unless one of its annotations asks for something: kopf keeps
+    annotations under its own prefix (modelrollout.dev/) out of its diffs, so undo and retry reach the
+    operator through this timer, not as updates (and an undo may wait for the target to come back)."""
+    retry = annotations.get(ANNOTATION_RETRY)
+    pending = (annotations.get(ANNOTATION_UNDO) == "true" and status.get("phase") == "Promoted") or \
+        (retry is not None and retry != status.get("retried"))
+    return pending or str(status.get("phase") or "") not in TERMINAL
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.interval, backoff=BACKOFF, when=_ticking)
