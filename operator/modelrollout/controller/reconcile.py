@@ -162,8 +162,12 @@ class Controller:
         if t - self.pruned_at < PRUNE_EVERY:
             return False
         self.pruned_at = t
-        lost = self.queue.prune(r["metadata"]["uid"] for r in await run(self.kube.list_all_rollouts)
-                                if not r["metadata"].get("deletionTimestamp"))
+        present: set[str] = set()
+        # per namespace, not cluster-wide: with the chart's rbac.namespaces the operator may list only those
+        for ns in sorted({k[1] for _, k in self.queue.phases.values()}):
+            present |= {r["metadata"]["uid"] for r in await run(self.kube.list_rollouts, ns)
+                        if not r["metadata"].get("deletionTimestamp")}
+        lost = self.queue.prune(present)
         if lost:
             log.warning("staging queue: freed %d slot(s) of rollouts no longer in the cluster", len(lost))
         return bool(lost)
