@@ -8,92 +8,35 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
 
 from modelrollout.core.figures import SLICE_GAP_SUFFIX, SYSTEM, TASKS, Task, figures_for, task_for_metric
+from modelrollout.core.promotion import Canary as Canary
+from modelrollout.core.promotion import CanaryStep as CanaryStep
+from modelrollout.core.promotion import GatewayAPI as GatewayAPI
+from modelrollout.core.promotion import Promotion as Promotion
+from modelrollout.core.promotion import PromQLGate as PromQLGate
+from modelrollout.core.promotion import TrafficRouting as TrafficRouting
+from modelrollout.core.specbase import _DNS1123, HOUR, MIB, MINUTE, Name, _bytes, _dur, _err, _Model
+from modelrollout.core.specbase import API_VERSION as API_VERSION
+from modelrollout.core.specbase import GROUP as GROUP
+from modelrollout.core.specbase import KIND as KIND
+from modelrollout.core.specbase import MAX_MEASUREMENTS as MAX_MEASUREMENTS
+from modelrollout.core.specbase import MAX_PROBLEMS as MAX_PROBLEMS
+from modelrollout.core.specbase import MAX_RECORDED as MAX_RECORDED
+from modelrollout.core.specbase import VERSION as VERSION
+from modelrollout.core.specbase import Problem as Problem
+from modelrollout.core.specbase import SpecError as SpecError
 from modelrollout.core.text import cap, short
-from modelrollout.core.units import format_duration, parse_duration, parse_size
-
-GROUP = "modelrollout.dev"
-VERSION = "v1alpha1"
-KIND = "ModelRollout"
-API_VERSION = f"{GROUP}/{VERSION}"
-MAX_PROBLEMS = 20
-_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class SpecError(ValueError):
-    """All problems found in a manifest, each with its field path."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-def _err(kind: str, message: str) -> PydanticCustomError:
-    """A validation error whose message is already formatted (without a context pydantic formats nothing)."""
-    return PydanticCustomError(kind, message)
-
-
-def _bounded(kind: str, parse: Any, most: float, show: Any) -> Any:
-    """A validator for a positive duration or size with an upper bound (the CRD states the same bound)."""
-    def check(v: Any) -> float:
-        try:
-            x = float(parse(v))
-        except ValueError as e:
-            raise _err(kind, str(e)) from None
-        if x <= 0:
-            raise _err(kind, f"{short(v)} must be a positive {'duration' if kind == 'duration' else 'size'}")
-        if x > most:
-            raise _err(kind, f"{short(v)} is more than the limit of {show(most)}")
-        return x
-    return BeforeValidator(check)
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:g}Mi"
-
-
-def _dur(most: float) -> Any:
-    return _bounded("duration", parse_duration, most, format_duration)
-
-
-def _bytes(most: float) -> Any:
-    return _bounded("size", parse_size, most, _mib)
-
-
-MINUTE, HOUR, MIB = 60.0, 3600.0, float(2**20)
-MAX_MEASUREMENTS, MAX_RECORDED = 20, 400  # per live gate and step; in all (they are kept in status)
-Name = Annotated[str, Field(min_length=1, max_length=253)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=False
-    )
+from modelrollout.core.units import format_duration
 
 
 class TargetRef(_Model):
@@ -265,95 +208,6 @@ class Gate(_Model):
         ctx = info.context or {}
         if self.relative and ctx.get("has_baseline") is False:
             raise _err("gate_baseline", f"{self.metric!r} has a relative bound but no baseline was given")
-        return self
-
-
-class PromQLGate(_Model):
-    """A live gate of the canary steps: its query, bounds, and how often and how strictly it is measured."""
-
-    name: str | None = None
-    query: Annotated[str, Field(min_length=1)]
-    min: float | None = None
-    max: float | None = None
-    max_increase: float | None = Field(None, ge=0)
-    max_increase_percent: float | None = Field(None, ge=0)
-    interval: Annotated[float, _dur(24 * HOUR)] | None = None
-    count: int = Field(1, ge=1, le=MAX_MEASUREMENTS)
-    failure_limit: int = Field(0, ge=0)
-    inconclusive_limit: int = Field(0, ge=0)
-    on_no_data: Literal["Fail", "Inconclusive"] = "Inconclusive"
-    dry_run: bool = False
-
-    @property
-    def relative(self) -> bool:
-        return self.max_increase is not None or self.max_increase_percent is not None
-
-    @model_validator(mode="after")
-    def _bounds(self) -> PromQLGate:
-        if self.min is None and self.max is None and not self.relative:
-            raise _err("gate_bound", "a query gate needs min, max, maxIncrease or maxIncreasePercent")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise _err("gate_range", f"min ({self.min:g}) is greater than max ({self.max:g})")
-        if self.relative != ("{{variant}}" in self.query):
-            raise _err("gate_variant", "maxIncrease and maxIncreasePercent compare the canary with production: "
-                       "they need {{variant}} in the query (replaced by canary and production), and only they use it")
-        if self.failure_limit >= self.count:
-            raise _err("gate_limit", f"failureLimit ({self.failure_limit}) must be less than count ({self.count})")
-        return self
-
-
-class CanaryStep(_Model):
-    weight: int = Field(ge=1, le=100)
-    pause: Annotated[float, _dur(24 * HOUR)] = 60.0
-
-
-class GatewayAPI(_Model):
-    """An HTTPRoute in the rollout's namespace whose backend weights carry the canary's share."""
-    http_route: Name
-    service: Name | None = None  # production's Service among the route's backends (default: the target's name)
-
-    @field_validator("http_route", "service")
-    @classmethod
-    def _dns(cls, v: str | None) -> str | None:
-        if v is not None and not _DNS1123.match(v):
-            raise _err("name", f"{v!r} is not a valid Kubernetes name (lower-case letters, digits and '-')")
-        return v
-
-
-class TrafficRouting(_Model):
-    gateway_api: GatewayAPI = Field(alias="gatewayAPI")
-
-
-class Canary(_Model):
-    steps: list[CanaryStep] = []
-    traffic_routing: TrafficRouting | None = None
-
-    @field_validator("steps")
-    @classmethod
-    def _increasing(cls, v: list[CanaryStep]) -> list[CanaryStep]:
-        weights = [s.weight for s in v]
-        if weights != sorted(set(weights)):
-            raise _err("canary_weights", f"weights must strictly increase, got {weights}")
-        return v
-
-    @model_validator(mode="after")
-    def _routed_steps(self) -> Canary:
-        if self.traffic_routing is not None and not self.steps:
-            raise _err("canary_routing", "trafficRouting splits the canary steps' traffic: add steps")
-        return self
-
-
-class Promotion(_Model):
-    approval: Literal["Automatic", "Manual"] = "Automatic"
-    canary: Canary = Canary()
-    gates: list[PromQLGate] = []
-
-    @model_validator(mode="after")
-    def _recorded(self) -> Promotion:
-        total = sum(g.count for g in self.gates) * max(1, len(self.canary.steps))
-        if total > MAX_RECORDED:
-            raise _err("gate_count", f"steps x gates x count is {total} measurements; status records at most "
-                       f"{MAX_RECORDED}")
         return self
 
 
