@@ -272,3 +272,15 @@ def test_a_route_changed_by_its_owner_mid_step_is_not_overwritten() -> None:
         c.kube.patch_route(NS, "web", stale["spec"]["rules"], stale["metadata"]["resourceVersion"])
     step(c, kube)
     assert backends(kube) == [[("churn", 70), ("churn-canary", 30)], [("static", 7)]]
+
+
+def test_a_spec_change_mid_canary_puts_the_route_back_and_forgets_its_weight() -> None:
+    """The next attempt must split the route again, even at the same weight."""
+    c, kube = routed_world([{"weight": 30, "pause": "1h"}])
+    step(c, kube)
+    step(c, kube)
+    assert backends(kube)[0] == [("churn", 70), ("churn-canary", 30)]
+    kube.rollouts[NS, "r"]["metadata"]["generation"] = 2
+    st = step(c, kube)
+    assert (st["phase"], st["reason"]) == ("Pending", "SpecChanged") and "traffic" not in st
+    assert backends(kube)[0] == [("churn", None)] and ("Service", NS, "churn-canary") not in kube.objects
