@@ -6,22 +6,25 @@ pipeline and a cluster reach the same verdict on the same evidence.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from modelrollout.core.capacity import Node, ReplicaNeed, plan
 from modelrollout.core.engine import Predicted, SystemFigures, build_report, score_quality
+from modelrollout.core.figures import WINDOW_WARMUP
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import Report
 from modelrollout.core.spec import ModelRolloutSpec
+from modelrollout.core.windows import WINDOWED, Windows, schedule
 from modelrollout.holdout import Holdout
-from modelrollout.probes.load import LoadConfig, LoadResult, best_batch, run_load_async
-from modelrollout.probes.resources import MIB, LeakReport, ResourceSummary, Source, leak_probe, watch
+from modelrollout.probes.load import PERCENTILES, LoadConfig, LoadResult, best_batch, pool, run_load_async
+from modelrollout.probes.resources import MIB, LeakReport, ResourceSummary, Source, leak_probe, merge, watch
 from modelrollout.serving.client import Endpoint, ModelClient
 from modelrollout.serving.protocol import Prediction
 
@@ -46,9 +49,11 @@ class Variant:
 class Measured:
     prediction: Prediction
     classes: list[Any] | None
-    sweep: list[LoadResult]
+    sweep: list[LoadResult]  # per batch size; the first pooled over its load windows
     resources: ResourceSummary | None
     leak: LeakReport | None
+    windows: list[LoadResult] = field(default_factory=list)  # the first batch size, window by window
+    window_resources: list[ResourceSummary] = field(default_factory=list)  # when the source resolves windows
 
 
 def feature_matrix(h: Holdout) -> np.ndarray:
@@ -69,50 +74,92 @@ def _bodies(ep: Endpoint, X: np.ndarray, batch: int, count: int = 16) -> list[by
     return out
 
 
-async def measure(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> Measured:
-    ep = v.endpoint
-    async with ModelClient(ep) as client:
+def _config(ep: Endpoint, X: np.ndarray, spec: ModelRolloutSpec, batch: int, duration: float,
+            warmup: float) -> LoadConfig:
+    ld = spec.load
+    return LoadConfig(url=ep.base + ep.infer_path(), bodies=_bodies(ep, X, batch), batch_size=batch,
+                      concurrency=ld.concurrency, duration=duration, warmup=warmup, mode=ld.mode, rate=ld.rate,
+                      timeout=ep.timeout, headers=dict(ep.headers),
+                      expect_key="outputs" if ep.protocol == "v2" else "predictions")
+
+
+async def _watched(source: Source | None, cfg: LoadConfig) -> tuple[LoadResult, ResourceSummary | None]:
+    if source is None:
+        return await run_load_async(cfg), None
+    return cast(tuple[LoadResult, ResourceSummary], await watch(source, run_load_async(cfg)))
+
+
+async def _score(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> tuple[
+        Prediction, list[Any] | None]:
+    async with ModelClient(v.endpoint) as client:
         await client.wait_ready(spec.staging.ready_timeout)
         progress(f"{v.label}: scoring {len(X)} hold-out rows")
-        pred = await client.predict_all(X)
-        classes = await client.classes() or spec.serving.classes
-        ld = spec.load
+        return await client.predict_all(X), await client.classes() or spec.serving.classes
 
-        async def sweep() -> list[LoadResult]:
-            out = []
-            for b in ld.batch_sizes:
-                progress(f"{v.label}: load at batch size {b} for {ld.duration:g}s ({ld.mode} loop)")
-                out.append(await run_load_async(LoadConfig(
-                    url=ep.base + ep.infer_path(), bodies=_bodies(ep, X, b), batch_size=b,
-                    concurrency=ld.concurrency, duration=ld.duration, warmup=ld.warmup, mode=ld.mode,
-                    rate=ld.rate, timeout=ep.timeout, headers=dict(ep.headers),
-                    expect_key="outputs" if ep.protocol == "v2" else "predictions")))
-            return out
 
-        if v.source is not None:
-            results, resources = await watch(v.source, sweep())
-        else:
-            results, resources = await sweep(), None
-        leak = None
-        leak_source = v.leak_source or v.source
-        if leak_source is not None and ld.leak_requests > 0:
-            progress(f"{v.label}: leak probe over {ld.leak_requests} requests")
-            one_row = X[:1]
+async def _windows(variants: Sequence[Variant], X: np.ndarray, spec: ModelRolloutSpec, progress: Progress
+                   ) -> dict[str, tuple[list[LoadResult], list[ResourceSummary | None]]]:
+    """The first batch size in windows alternating between the variants (ABBA BAAB ...), so the same
+    machine noise falls on both and each figure gets an interval from its windows."""
+    ld, batch = spec.load, spec.load.batch_sizes[0]
+    k = max(1, ld.windows)
+    out: dict[str, tuple[list[LoadResult], list[ResourceSummary | None]]] = {v.label: ([], []) for v in variants}
+    by_label = {v.label: v for v in variants}
+    for j, label in schedule(k, [v.label for v in variants]):
+        v, (results, resources) = by_label[label], out[label]
+        warmup = ld.warmup if not results else min(ld.warmup, WINDOW_WARMUP)
+        progress(f"{label}: load at batch size {batch}, window {j + 1} of {k}, {ld.duration / k:g}s ({ld.mode} loop)")
+        r, res = await _watched(v.source, _config(v.endpoint, X, spec, batch, ld.duration / k, warmup))
+        results.append(r)
+        resources.append(res)
+    return out
+
+
+async def _rest(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> tuple[
+        list[LoadResult], ResourceSummary | None, LeakReport | None]:
+    """The other batch sizes (for the table and the best batch size), then the leak probe."""
+    ld, sweep, parts = spec.load, [], []
+    for b in ld.batch_sizes[1:]:
+        progress(f"{v.label}: load at batch size {b} for {ld.duration:g}s ({ld.mode} loop)")
+        r, res = await _watched(v.source, _config(v.endpoint, X, spec, b, ld.duration, ld.warmup))
+        sweep.append(r)
+        if res is not None:
+            parts.append(res)
+    leak = None
+    leak_source = v.leak_source or v.source
+    if leak_source is not None and ld.leak_requests > 0:
+        progress(f"{v.label}: leak probe over {ld.leak_requests} requests")
+        one_row = X[:1]
+        async with ModelClient(v.endpoint) as client:
+            sem = asyncio.Semaphore(8)
+
+            async def one() -> None:
+                async with sem:
+                    await client.predict(one_row, what="leak-probe request")
 
             async def send(n: int) -> None:
-                import asyncio
-
-                sem = asyncio.Semaphore(8)
-
-                async def one() -> None:
-                    async with sem:
-                        await client.predict(one_row, what="leak-probe request")
-
                 await asyncio.gather(*(one() for _ in range(n)))
 
             leak = await leak_probe(leak_source, send, requests=ld.leak_requests,
                                     warmup_requests=min(1000, ld.leak_requests // 10 + 1))
-    return Measured(pred, classes, results, resources, leak)
+    return sweep, merge(parts) if parts else None, leak
+
+
+async def measure_all(variants: Sequence[Variant], X: np.ndarray, spec: ModelRolloutSpec,
+                      progress: Progress) -> dict[str, Measured]:
+    scored = {v.label: await _score(v, X, spec, progress) for v in variants}
+    windowed = await _windows(variants, X, spec, progress)
+    out = {}
+    for v in variants:
+        windows, window_res = windowed[v.label]
+        rest, rest_res, leak = await _rest(v, X, spec, progress)
+        parts = [r for r in window_res if r is not None] + ([rest_res] if rest_res else [])
+        # memory per window only when the source reads fresh values at least twice in a window
+        resolves = v.source is not None and spec.load.duration / max(1, spec.load.windows) >= 2 * v.source.resolution
+        out[v.label] = Measured(
+            scored[v.label][0], scored[v.label][1], [pool(windows), *rest], merge(parts) if parts else None, leak,
+            windows, [r for r in window_res if r is not None] if resolves else [])
+    return out
 
 
 def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Sequence[Node]) -> tuple[
@@ -164,18 +211,31 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
         "capacity": None if capacity is None else {
             "perNode": capacity.per_node, "perReplicaMemoryMiB": capacity.per_replica_memory_mib},
     }
-    return SystemFigures(values, samples), details
+    return SystemFigures(values, samples, windows=_window_figures(m, values, spec.load.duration)), details
+
+
+def _window_figures(m: Measured, values: dict[str, float], seconds: float) -> dict[str, Windows]:
+    """Each windowed figure's value in every window, for its interval (core/windows.py)."""
+    per: dict[str, list[float]] = {}
+    for w in m.windows if len(m.windows) >= 2 else []:
+        for k in PERCENTILES:
+            per.setdefault(f"latency_{k}_ms", []).append(w.latency_ms.get(k, float("nan")))
+        per.setdefault("throughput_rps", []).append(w.throughput_rps)
+    if len(m.window_resources) >= 2:
+        per["memory_peak_mib"] = [r.peak_mib for r in m.window_resources]
+        per["cpu_percent"] = [r.cpu_percent for r in m.window_resources]
+    return {k: Windows(values[k], np.array(v, dtype=np.float64), seconds)
+            for k, v in per.items() if k in values and k in WINDOWED}
 
 
 async def evaluate_servers(
     spec: ModelRolloutSpec, holdout: Holdout, candidate: Variant, baseline: Variant | None,
     nodes: Sequence[Node] = (), progress: Progress = lambda _: None,
 ) -> tuple[Report, dict[str, Measured]]:
-    """Measure both variants one after the other (so they never compete for the CPU), then decide."""
+    """Measure the variants one at a time (they never compete for the CPU), load windows interleaved, then
+    decide."""
     X = feature_matrix(holdout)
-    measured = {candidate.label: await measure(candidate, X, spec, progress)}
-    if baseline is not None:
-        measured[baseline.label] = await measure(baseline, X, spec, progress)
+    measured = await measure_all([candidate] + ([baseline] if baseline else []), X, spec, progress)
     mc, mb = measured[candidate.label], measured.get(baseline.label) if baseline else None
     progress("scoring quality with bootstrap intervals")
     quality = score_quality(

@@ -94,8 +94,13 @@ def test_confidence_needs_a_figure_with_an_interval() -> None:
     doc = manifest()
     doc["spec"]["gates"][0]["confidence"] = 0.95  # a quality min: decided on the interval, accepted
     parse_manifest(doc)
-    doc["spec"]["gates"].append({"metric": "latency_p99_ms", "maxIncreasePercent": 1000, "confidence": 0.95})
-    assert any("'latency_p99_ms' has none" in p and "remove confidence" in p for p in problems(doc)), problems(doc)
+    doc["spec"]["gates"] += [  # windowed system figures and slice gaps have intervals too
+        {"metric": "latency_p99_ms", "maxIncreasePercent": 1000, "confidence": 0.95},
+        {"metric": "memory_peak_mib", "max": 900, "confidence": 0.9},
+        {"metric": "f1_slice_gap", "max": 0.2, "confidence": 0.9}]
+    parse_manifest(doc)
+    doc["spec"]["gates"].append({"metric": "latency_max_ms", "max": 50, "confidence": 0.95})
+    assert any("'latency_max_ms' has none" in p and "remove confidence" in p for p in problems(doc)), problems(doc)
 
 
 def test_gates_file_takes_task_from_command_line() -> None:

@@ -13,6 +13,7 @@ from modelrollout.core.gates import Evidence, decide, evaluate
 from modelrollout.core.quality import Comparison, Interval, compare, encode
 from modelrollout.core.report import Report
 from modelrollout.core.spec import Gate, QualitySettings
+from modelrollout.core.windows import Windows, paired
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class SystemFigures:
     values: Mapping[str, float]
     samples: Mapping[str, int]
     intervals: Mapping[str, Interval] | None = None
+    windows: Mapping[str, Windows] | None = None  # figures measured window by window, for intervals
 
 
 def score_quality(
@@ -76,9 +78,15 @@ def build_report(
         cand.update(candidate_system.values)
         samples.update(candidate_system.samples)
         intervals.update(candidate_system.intervals or {})
+    windows = dict(candidate_system.windows or {}) if candidate_system else {}
+    delta_windows: dict[str, Windows] = {}
     if baseline_system is not None:
         base = {**(base or {}), **baseline_system.values}
-    ev = Evidence(cand, base, intervals, delta_iv, samples, dists, delta_dists, why)
+        for k, w in (baseline_system.windows or {}).items():
+            d = paired(windows[k], w) if k in windows else None
+            if d is not None:
+                delta_windows[k] = d
+    ev = Evidence(cand, base, intervals, delta_iv, samples, dists, delta_dists, why, windows, delta_windows)
     results = evaluate(gates, ev)
     return Report(
         task=task, evidence=ev, gates=results, decision=decide(results),

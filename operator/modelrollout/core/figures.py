@@ -29,6 +29,15 @@ SYSTEM: Final[tuple[str, ...]] = (
     "replicas_fit", "fleet_throughput_rps", "replicas_needed", "cost_per_million_usd",
 )
 
+#: system figures measured window by window (core/windows.py), so they have intervals; a maximum
+#: (latency_max_ms) has none: one slow request decides it
+WINDOWED: Final[tuple[str, ...]] = (
+    "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_p999_ms",
+    "throughput_rps", "memory_peak_mib", "cpu_percent",
+)
+#: seconds of warm-up (new connections) before each load window but a variant's first
+WINDOW_WARMUP: Final = 0.5
+
 _LOWER_IS_BETTER: Final = frozenset({
     "log_loss", "mse", "rmse", "mae", "mape", "error_rate_percent", "memory_before_mib",
     "memory_peak_mib", "memory_after_mib", "memory_growth_percent", "memory_growth_mib_per_10k_requests",

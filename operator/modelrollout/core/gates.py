@@ -18,6 +18,7 @@ import numpy as np
 from modelrollout.core.figures import higher_is_better
 from modelrollout.core.quality import FloatArray, Interval, percentile_interval
 from modelrollout.core.spec import Gate
+from modelrollout.core.windows import WINDOWED, Windows
 
 
 class Verdict(StrEnum):
@@ -40,11 +41,17 @@ class Evidence:
     distributions: Mapping[str, FloatArray] = field(default_factory=dict)
     delta_distributions: Mapping[str, FloatArray] = field(default_factory=dict)
     undefined: Mapping[str, str] = field(default_factory=dict)  # figure -> why it has no value
+    # system figures measured in load windows (the candidate's, and paired candidate - baseline)
+    windows: Mapping[str, Windows] = field(default_factory=dict)
+    delta_windows: Mapping[str, Windows] = field(default_factory=dict)
 
     def interval(self, metric: str, level: float, paired: bool) -> Interval | None:
         dist = (self.delta_distributions if paired else self.distributions).get(metric)
         if dist is not None:
             return percentile_interval(np.asarray(dist), level)
+        win = (self.delta_windows if paired else self.windows).get(metric)
+        if win is not None:
+            return win.interval(level)
         iv = (self.delta_intervals if paired else self.intervals).get(metric)
         return iv if iv is not None and math.isclose(iv.level, level) else None
 
@@ -135,8 +142,7 @@ def _absolute(r: GateResult, confidence: float, ev: Evidence) -> GateResult:
     m, low_bound = r.metric, r.bound == "min"
     iv = ev.interval(m, confidence, paired=False)
     if iv is None:
-        return replace(r, message=f"{m} has no {confidence:.0%} interval (quality.resamples is 0, or the "
-                       "figure is undefined in every resample)")
+        return replace(r, message=f"{m} has no {confidence:.0%} interval ({_why_none(ev, m)})")
     r = replace(r, interval=iv)
     level, span = f"at {confidence:.0%} confidence", f"[{_fmt(iv.low)}, {_fmt(iv.high)}]"
     # strictly inside: an interval edge on the bound is the null's edge too (discrete figures land there)
@@ -176,7 +182,7 @@ def _relative(r: GateResult, gate: Gate, value: float, base: float | None, ev: E
     iv = ev.interval(m, gate.confidence, paired=True)
     if iv is None:
         return replace(r, message=f"{m} has no paired {gate.confidence:.0%} interval against the baseline "
-                       "(quality.resamples is 0, or the figure is undefined in every resample)")
+                       f"({_why_none(ev, m)})")
     r = replace(r, interval=iv)
     # worst and best plausible change in the limited direction, from the paired interval
     worst = -iv.low if drop else iv.high
@@ -196,14 +202,27 @@ def detectable(iv: Interval) -> float:
     return (iv.high - iv.low) / 2
 
 
+def _why_none(ev: Evidence, metric: str) -> str:
+    if metric in ev.windows or metric in ev.delta_windows:
+        return "fewer than two load windows measured it"
+    if metric in WINDOWED:
+        return "it was not measured in load windows: load.windows is 0, or the memory source is too coarse"
+    return "quality.resamples is 0, or the figure is undefined in every resample"
+
+
 def _rows_hint(ev: Evidence, metric: str, iv: Interval, distance: float) -> str:
-    """About how many rows would decide: the half-width shrinks as 1/sqrt(rows), and a decision needs it
-    below `distance`, how far the interval's centre is from the bound."""
-    n, half = ev.samples.get(metric), detectable(iv)
+    """About how much evidence would decide: the half-width shrinks as 1/sqrt(rows) (or seconds of load),
+    and a decision needs it below `distance`, how far the interval's centre is from the bound."""
+    half = detectable(iv)
+    win = ev.windows.get(metric) or ev.delta_windows.get(metric)
+    n = win.seconds if win is not None else ev.samples.get(metric)
     if not n or half <= 0 or distance <= 0 or distance >= half:
         return ""
-    rows = math.ceil(n * (half / distance) ** 2)
-    return f"; {n} rows resolve ±{_fmt(half)} here, about {rows} would decide it"
+    more = n * (half / distance) ** 2
+    if win is not None:
+        return (f"; {_fmt(n)}s of load per variant resolve ±{_fmt(half)} here, about {math.ceil(more)}s "
+                "(load.duration) would decide it")
+    return f"; {n} rows resolve ±{_fmt(half)} here, about {math.ceil(more)} would decide it"
 
 
 def evaluate(gates: Sequence[Gate], ev: Evidence) -> list[GateResult]:

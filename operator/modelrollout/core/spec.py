@@ -6,6 +6,7 @@ user can fix a manifest in one pass instead of one error per apply.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -18,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from modelrollout.core.figures import SLICE_GAP_SUFFIX, SYSTEM, TASKS, Task, figures_for, task_for_metric
+from modelrollout.core.figures import SYSTEM, TASKS, WINDOW_WARMUP, WINDOWED, Task, figures_for, task_for_metric
 from modelrollout.core.promotion import Canary as Canary
 from modelrollout.core.promotion import CanaryStep as CanaryStep
 from modelrollout.core.promotion import GatewayAPI as GatewayAPI
@@ -141,6 +142,7 @@ class Load(_Model):
     mode: Literal["closed", "open"] = "closed"
     rate: float | None = Field(None, gt=0, le=1_000_000)
     leak_requests: int = Field(20000, ge=0, le=1_000_000)
+    windows: int = Field(5, ge=0, le=100)  # per variant, interleaved ABBA; 2 or more give system intervals
 
     @model_validator(mode="after")
     def _rate(self) -> Load:
@@ -201,10 +203,9 @@ class Gate(_Model):
             )
         if self.min is not None and self.max is not None and self.min > self.max:
             raise _err("gate_range", f"min ({self.min:g}) is greater than max ({self.max:g})")
-        if self.confidence is not None and (self.metric in SYSTEM or self.metric.endswith(SLICE_GAP_SUFFIX)):
-            raise _err("gate_confidence", f"confidence needs a figure with a bootstrap interval, and {self.metric!r} "
-                       "has none (quality figures have them; latency, throughput, memory, capacity and slice gaps "
-                       "not yet): remove confidence")
+        if self.confidence is not None and self.metric in SYSTEM and self.metric not in WINDOWED:
+            raise _err("gate_confidence", f"confidence needs a figure with an interval, and {self.metric!r} has "
+                       f"none (quality figures, slice gaps and {', '.join(WINDOWED)} have one): remove confidence")
         ctx = info.context or {}
         if self.relative and ctx.get("has_baseline") is False:
             raise _err("gate_baseline", f"{self.metric!r} has a relative bound but no baseline was given")
@@ -226,11 +227,14 @@ class ModelRolloutSpec(_Model):
 
     @model_validator(mode="after")
     def _evaluation_fits(self) -> ModelRolloutSpec:
-        planned = 2 * len(self.load.batch_sizes) * (self.load.warmup + self.load.duration)
+        # each window after a variant's first warms up again, briefly (new connections)
+        rewarm = max(0, self.load.windows - 1) * min(self.load.warmup, WINDOW_WARMUP)
+        planned = 2 * (len(self.load.batch_sizes) * (self.load.warmup + self.load.duration) + rewarm)
         if self.staging.evaluation_timeout < planned:
             raise _err("eval_timeout", f"staging.evaluationTimeout ({format_duration(self.staging.evaluation_timeout)})"
                        f" is shorter than the load plan alone (2 variants x {len(self.load.batch_sizes)} batch sizes"
-                       f" x (warmup + duration) = {format_duration(planned)})")
+                       f" x (warmup + duration) + {max(0, self.load.windows - 1)} load windows' re-warm-up per variant"
+                       f" = {format_duration(math.ceil(planned))})")
         return self
 
 

@@ -57,6 +57,7 @@ class LoadResult:
     throughput_rps: float
     rows_per_s: float
     latency_ms: dict[str, float]
+    histogram: str = ""  # the latencies, HDR-encoded, so load windows can be pooled; not reported
 
     @property
     def error_rate_percent(self) -> float:
@@ -64,7 +65,9 @@ class LoadResult:
         return 100.0 * sum(self.errors.values()) / total if total else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "error_rate_percent": self.error_rate_percent}
+        d = asdict(self)
+        del d["histogram"]
+        return {**d, "error_rate_percent": self.error_rate_percent}
 
 
 class _Connection(asyncio.Protocol):
@@ -198,8 +201,36 @@ class _Pool:
             c.close()
 
 
+def _histogram() -> HdrHistogram:
+    return HdrHistogram(1, 3_600_000_000, 3)  # 1 µs to 1 h, 3 significant digits
+
+
+def _latencies(hist: HdrHistogram) -> dict[str, float]:
+    if not hist.get_total_count():
+        return {}
+    lat = {k: hist.get_value_at_percentile(p) / 1000 for k, p in PERCENTILES.items()}
+    lat["max"] = hist.get_max_value() / 1000
+    lat["mean"] = hist.get_mean_value() / 1000
+    return lat
+
+
+def pool(results: list[LoadResult]) -> LoadResult:
+    """One result over several windows of the same load: latencies from the merged histograms."""
+    hist = _histogram()
+    for r in results:
+        if r.histogram:
+            hist.decode_and_add(r.histogram)
+    ok, elapsed = sum(r.requests for r in results), max(1e-9, sum(r.duration_s for r in results))
+    errors: Counter[str] = Counter()
+    for r in results:
+        errors.update(r.errors)
+    first = results[0]
+    return LoadResult(first.batch_size, first.mode, first.concurrency, elapsed, ok, dict(errors), ok / elapsed,
+                      ok * first.batch_size / elapsed, _latencies(hist))
+
+
 async def _run(cfg: LoadConfig) -> LoadResult:
-    hist = HdrHistogram(1, 3_600_000_000, 3)
+    hist = _histogram()
     errors: Counter[str] = Counter()
     pool = _Pool(cfg.url, cfg.headers, cfg.expect_key)
     watchdog = asyncio.get_running_loop().create_task(pool.watchdog(cfg.timeout))
@@ -266,12 +297,9 @@ async def _run(cfg: LoadConfig) -> LoadResult:
         hist.record_value(max(1, v))
     ok = len(latencies)
     elapsed = max(1e-9, min(clock(), end) - measure_from)
-    lat = {k: hist.get_value_at_percentile(p) / 1000 for k, p in PERCENTILES.items()} if ok else {}
-    if ok:
-        lat["max"] = hist.get_max_value() / 1000
-        lat["mean"] = hist.get_mean_value() / 1000
+    encoded = hist.encode().decode() if ok else ""
     return LoadResult(cfg.batch_size, cfg.mode, cfg.concurrency, elapsed, ok, dict(errors),
-                      ok / elapsed, ok * cfg.batch_size / elapsed, lat)
+                      ok / elapsed, ok * cfg.batch_size / elapsed, _latencies(hist), encoded)
 
 
 def _child(cfg: LoadConfig, conn: Any) -> None:

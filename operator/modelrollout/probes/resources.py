@@ -32,10 +32,14 @@ class Sample:
 
 
 class Source(Protocol):
+    resolution: float  # seconds between fresh readings: windows shorter than two of these get no memory figures
+
     async def sample(self) -> Sample: ...
 
 
 class ProcessSource:
+    resolution = 0.0
+
     def __init__(self, pid: int):
         self.proc = psutil.Process(pid)
 
@@ -48,6 +52,8 @@ class ProcessSource:
 
 class PrometheusSource:
     """Reads process metrics from a /metrics URL; sums over series (one per process)."""
+
+    resolution = 0.0
 
     def __init__(self, url: str, timeout: float = 5.0):
         self.url, self.timeout = url, timeout
@@ -83,6 +89,7 @@ class UsageSource:
     def __init__(self, fetch: Callable[[], Awaitable[list[PodUsage]]], what: str = "metrics.k8s.io",
                  min_interval: float = 0.0):
         self.fetch, self.what, self.min_interval = fetch, what, min_interval
+        self.resolution = min_interval
         self._last: tuple[float, float] | None = None  # (t, CPU cores)
         self._fetched: tuple[float, list[PodUsage]] | None = None
         self._cpu_seconds = 0.0
@@ -149,6 +156,22 @@ async def watch(source: Source, work: Awaitable[Any], interval: float = 0.25) ->
         samples=len(samples), timeline=[(s.t - before.t, s.rss_bytes / MIB) for s in samples],
     )
     return result, summary
+
+
+def merge(parts: list[ResourceSummary]) -> ResourceSummary:
+    """One summary over consecutive watches of the same server (its load windows)."""
+    first, last = parts[0], parts[-1]
+    seconds = [p.timeline[-1][0] if p.timeline else 0.0 for p in parts]
+    total = sum(seconds)
+    cpu = sum(p.cpu_percent * s for p, s in zip(parts, seconds, strict=True)) / total if total > 0 else 0.0
+    timeline, offset = [], 0.0
+    for p, s in zip(parts, seconds, strict=True):
+        timeline += [(offset + t, mib) for t, mib in p.timeline]
+        offset += s
+    return ResourceSummary(
+        before_mib=first.before_mib, peak_mib=max(p.peak_mib for p in parts), after_mib=last.after_mib,
+        growth_percent=100.0 * (last.after_mib - first.before_mib) / first.before_mib, cpu_percent=cpu,
+        samples=sum(p.samples for p in parts), timeline=timeline)
 
 
 @dataclass
