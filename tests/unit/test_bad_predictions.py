@@ -109,3 +109,15 @@ def test_a_servers_single_default_output_and_named_outputs() -> None:
         parse_v2_response(two, 2)
     got = parse_v2_response(two, 2, "label", "p")
     assert got.labels.tolist() == [1, 0] and got.proba is not None and got.proba.shape == (2, 1)
+
+
+def test_probabilities_alone_are_not_taken_for_labels() -> None:
+    """KServe's scikit-learn runtime with PREDICT_PROBA answers one output, `output-0`, of class probabilities."""
+    probs = {"outputs": [{"name": "output-0", "datatype": "FP64", "shape": [2, 2], "data": [0.9, 0.1, 0.3, 0.7]}]}
+    with pytest.raises(ProtocolError, match=r"'output-0' has 2 columns of numbers: probabilities, not one label"):
+        parse_v2_response(probs, 2, "output-0", None)
+    with pytest.raises(ProtocolError, match=r"'output-0' has 2 columns"):  # taken as the only output
+        parse_v2_response(probs, 2)
+    codes = {"outputs": [{"name": "output-0", "datatype": "INT64", "shape": [2, 2], "data": [1, 0, 0, 1]}]}
+    with pytest.raises(ProtocolError, match=r"2 predictions of shape \[2, 2\] for 2 rows"):  # codes: no hint
+        parse_v2_response(codes, 2)

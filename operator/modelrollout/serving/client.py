@@ -164,8 +164,18 @@ class ModelClient:
         return body
 
     async def predict(self, rows: np.ndarray, what: str = "batch") -> Prediction:
-        body = await self._json("POST", self.ep.infer_path(), f"{what} of {len(rows)} rows",
-                                self.ep.request_body(rows))
+        try:
+            body = await self._json("POST", self.ep.infer_path(), f"{what} of {len(rows)} rows",
+                                    self.ep.request_body(rows))
+        except ServerError as e:
+            asked = [o for o in self.ep.outputs if o is not None]
+            if self.ep.protocol == "v2" and e.kind == "http_4xx" and any(o in e.detail for o in asked):
+                # KServe answers 400 "Unexpected inference output 'predict'" to a name its model lacks
+                raise ServerError(e.server, e.request, e.kind,
+                                  f"{e.detail} (the request asked for the outputs {asked}; if the server names "
+                                  "them otherwise, as KServe's scikit-learn runtime answers one output "
+                                  "`output-0`, name them in spec.serving.outputs)") from None
+            raise
         try:
             if self.ep.protocol == "v2":
                 return parse_v2_response(body, len(rows), *self.ep.outputs)

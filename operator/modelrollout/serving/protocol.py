@@ -134,9 +134,15 @@ def parse_v2_response(body: Any, rows: int, labels_name: str = "predict",
     if labels_name not in outputs and len(outputs) > 1:
         raise ProtocolError(f"no output named {labels_name!r} (outputs: {sorted(map(str, outputs))[:10]}); "
                             "name it in spec.serving.outputs.labels")
-    labels = tensor_array(outputs.get(labels_name, body["outputs"][0]))
+    chosen = outputs.get(labels_name, body["outputs"][0])
+    labels = tensor_array(chosen)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
+    if labels.ndim == 2 and labels.shape[0] == rows and labels.dtype.kind == "f":
+        raise ProtocolError(f"the labels output {_text(chosen.get('name'), 60)!r} has {labels.shape[1]} columns of "
+                            "numbers: probabilities, not one label per row (KServe's scikit-learn runtime with "
+                            "PREDICT_PROBA answers probabilities alone); serve the labels too, or serve them "
+                            "alone and set spec.serving.outputs.probabilities to null")
     if labels.ndim != 1 or labels.shape[0] != rows:
         raise ProtocolError(f"{labels.shape[0] if labels.ndim else 0} predictions of shape "
                             f"{list(labels.shape)} for {rows} rows")
