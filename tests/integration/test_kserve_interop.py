@@ -241,6 +241,18 @@ def test_one_column_of_the_positive_class_probability_needs_no_class_order(train
         assert report.evidence.candidate[k] == pytest.approx(v, abs=1e-12), k
 
 
+def test_one_column_with_positive_label_0_is_read_as_class_1s_probability_or_refused(
+        trained: Trained, kserve: str) -> None:
+    with pytest.raises(DataError, match="class order is unknown and the positive label is 0"):
+        _evaluate(trained, kserve, _spec("churn-positive", 0, None))
+    report, m = _evaluate(trained, kserve, _spec("churn-positive", 0, [0, 1]))
+    assert m.prediction.proba is not None
+    want = _sklearns(trained.y, m.prediction.labels, 1 - m.prediction.proba[:, 0], 0)
+    for k, v in want.items():
+        assert report.evidence.candidate[k] == pytest.approx(v, abs=1e-12), k
+    assert report.evidence.candidate["roc_auc"] > 0.9
+
+
 def test_our_load_probe_drives_kserve(trained: Trained, kserve: str) -> None:
     for name, outputs in (("churn", ("output-0", None)), ("churn-named", ("predict", "predict_proba"))):
         ep = Endpoint(kserve, name, outputs=outputs)

@@ -96,8 +96,20 @@ def test_two_probability_columns_without_a_class_order_are_refused_never_guessed
             cols = proba if classes == [0, 1] else proba[:, ::-1]
             pb = encode(TASK, y, y, cols, classes=classes, positive_label=positive)
             assert metrics(pb)["roc_auc"] == pytest.approx(roc_auc_score(y == positive, proba[:, positive]))
-    one = encode(TASK, y, y, proba[:, 1:])  # one column: the positive class's probability
+    one = encode(TASK, y, y, proba[:, 1:])  # one column: the second class's probability, here the positive's
     assert one.scores is not None and one.scores.tolist() == proba[:, 1].tolist()
+
+
+def test_one_probability_column_is_the_second_classs_whatever_the_positive_label() -> None:
+    y = np.array([0, 1, 1, 0, 1])
+    p1 = np.array([[0.1], [0.8], [0.7], [0.4], [0.6]])  # P(class 1), as predict_proba[:, 1]
+    for classes, positive in (([0, 1], 0), ([0, 1], 1), (["1", "0"], 0)):
+        col = p1 if classes == [0, 1] else 1 - p1  # with classes [1, 0] the column is P(0)
+        pb = encode(TASK, y, y, col, classes=classes, positive_label=positive)
+        assert metrics(pb)["roc_auc"] == pytest.approx(roc_auc_score(y == positive, np.where(
+            positive == 1, p1[:, 0], 1 - p1[:, 0]))), (classes, positive)
+    with pytest.raises(DataError, match=r"one probability column.*class order is unknown.*positive label is 0"):
+        encode(TASK, y, y, p1, positive_label=0)  # refused, never guessed (roc_auc came out 0.007 for 0.993)
 
 
 def test_a_servers_single_default_output_and_named_outputs() -> None:

@@ -86,8 +86,8 @@ def encode(
         s = None
         if scores is not None:
             s = np.asarray(scores, dtype=np.float64)
-            if s.ndim == 2 and s.shape[1] == 1:  # one column: the positive class's probability
-                s = s[:, 0]
+            if s.ndim == 2 and s.shape[1] == 1:
+                s = _one_column(s[:, 0], classes, pos, who)
             if s.ndim == 2 and s.shape[1] == 2:  # predict_proba columns, in the model's class order
                 if classes is None:  # never guessed: with positiveLabel 0 a guess inverts ROC-AUC
                     raise DataError(f"{who}: two probability columns but their class order is unknown: the "
@@ -157,6 +157,22 @@ def _numeric(a: np.ndarray, who: str) -> FloatArray:
         return a.astype(np.float64)
     except (TypeError, ValueError):
         raise DataError(f"{who}: regression needs numbers, found {a[:3].tolist()}") from None
+
+
+def _one_column(s: FloatArray, classes: Sequence[Any] | None, pos: Any, who: str) -> FloatArray:
+    """One probability column is, as predict_proba[:, 1] and every binary scorer have it, the probability
+    of the second class in the model's order: of 1 when the classes are 0 and 1."""
+    keys = [str(_key(c)) for c in classes] if classes is not None else None
+    if keys is None:
+        if str(_key(pos)) in ("1", "True"):
+            return s
+        raise DataError(f"{who}: one probability column, which is the probability of the model's second class, "
+                        f"but the class order is unknown and the positive label is {pos!r}: set "
+                        "spec.serving.classes (e.g. [0, 1])")
+    if len(keys) != 2 or str(_key(pos)) not in keys:
+        raise DataError(f"{who}: one probability column needs two classes including the positive label "
+                        f"{pos!r}; classes are {keys[:10]}")
+    return s if keys[1] == str(_key(pos)) else 1.0 - s
 
 
 def _check_probabilities(s: FloatArray, who: str) -> None:
