@@ -23,7 +23,7 @@ from modelrollout.core.report import Report
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.core.windows import WINDOWED, Windows, schedule
 from modelrollout.holdout import Holdout
-from modelrollout.probes.load import PERCENTILES, LoadConfig, LoadResult, best_batch, pool, run_load_async
+from modelrollout.probes.load import PERCENTILES, Generator, LoadConfig, LoadResult, best_batch, pool
 from modelrollout.probes.resources import MIB, LeakReport, ResourceSummary, Source, leak_probe, merge, watch
 from modelrollout.serving.client import Endpoint, ModelClient
 from modelrollout.serving.protocol import Prediction
@@ -83,10 +83,11 @@ def _config(ep: Endpoint, X: np.ndarray, spec: ModelRolloutSpec, batch: int, dur
                       expect_key="outputs" if ep.protocol == "v2" else "predictions")
 
 
-async def _watched(source: Source | None, cfg: LoadConfig) -> tuple[LoadResult, ResourceSummary | None]:
+async def _watched(source: Source | None, cfg: LoadConfig, gen: Generator) -> tuple[
+        LoadResult, ResourceSummary | None]:
     if source is None:
-        return await run_load_async(cfg), None
-    return cast(tuple[LoadResult, ResourceSummary], await watch(source, run_load_async(cfg)))
+        return await gen.run_async(cfg), None
+    return cast(tuple[LoadResult, ResourceSummary], await watch(source, gen.run_async(cfg)))
 
 
 async def _score(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> tuple[
@@ -105,13 +106,15 @@ async def _windows(variants: Sequence[Variant], X: np.ndarray, spec: ModelRollou
     k = max(1, ld.windows)
     out: dict[str, tuple[list[LoadResult], list[ResourceSummary | None]]] = {v.label: ([], []) for v in variants}
     by_label = {v.label: v for v in variants}
-    for j, label in schedule(k, [v.label for v in variants]):
-        v, (results, resources) = by_label[label], out[label]
-        warmup = ld.warmup if not results else min(ld.warmup, WINDOW_WARMUP)
-        progress(f"{label}: load at batch size {batch}, window {j + 1} of {k}, {ld.duration / k:g}s ({ld.mode} loop)")
-        r, res = await _watched(v.source, _config(v.endpoint, X, spec, batch, ld.duration / k, warmup))
-        results.append(r)
-        resources.append(res)
+    with Generator() as gen:
+        for j, label in schedule(k, [v.label for v in variants]):
+            v, (results, resources) = by_label[label], out[label]
+            warmup = ld.warmup if not results else min(ld.warmup, WINDOW_WARMUP)
+            progress(f"{label}: load at batch size {batch}, window {j + 1} of {k}, {ld.duration / k:g}s "
+                     f"({ld.mode} loop)")
+            r, res = await _watched(v.source, _config(v.endpoint, X, spec, batch, ld.duration / k, warmup), gen)
+            results.append(r)
+            resources.append(res)
     return out
 
 
@@ -119,12 +122,13 @@ async def _rest(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Pro
         list[LoadResult], ResourceSummary | None, LeakReport | None]:
     """The other batch sizes (for the table and the best batch size), then the leak probe."""
     ld, sweep, parts = spec.load, [], []
-    for b in ld.batch_sizes[1:]:
-        progress(f"{v.label}: load at batch size {b} for {ld.duration:g}s ({ld.mode} loop)")
-        r, res = await _watched(v.source, _config(v.endpoint, X, spec, b, ld.duration, ld.warmup))
-        sweep.append(r)
-        if res is not None:
-            parts.append(res)
+    with Generator() as gen:
+        for b in ld.batch_sizes[1:]:
+            progress(f"{v.label}: load at batch size {b} for {ld.duration:g}s ({ld.mode} loop)")
+            r, res = await _watched(v.source, _config(v.endpoint, X, spec, b, ld.duration, ld.warmup), gen)
+            sweep.append(r)
+            if res is not None:
+                parts.append(res)
     leak = None
     leak_source = v.leak_source or v.source
     if leak_source is not None and ld.leak_requests > 0:

@@ -62,7 +62,7 @@ def test_evaluation_timeout_must_cover_the_load_plan() -> None:
     spec["load"] = {"duration": "10m", "warmup": "1m", "batchSizes": [1, 8, 32]}
     spec.setdefault("staging", {})["evaluationTimeout"] = "30m"
     assert ("is shorter than the load plan alone (2 variants x 3 batch sizes x (warmup + duration) + 4 load "
-            "windows' re-warm-up per variant = 66.0667m)") in errors(spec)
+            "windows' re-warm-up per variant = 66.0333m)") in errors(spec)
     spec["staging"]["evaluationTimeout"] = "2h"
     assert parse_spec(spec).staging.evaluation_timeout == 7200
 

@@ -36,7 +36,7 @@ WINDOWED: Final[tuple[str, ...]] = (
     "throughput_rps", "memory_peak_mib", "cpu_percent",
 )
 #: seconds of warm-up (new connections) before each load window but a variant's first
-WINDOW_WARMUP: Final = 0.5
+WINDOW_WARMUP: Final = 0.25
 
 _LOWER_IS_BETTER: Final = frozenset({
     "log_loss", "mse", "rmse", "mae", "mape", "error_rate_percent", "memory_before_mib",

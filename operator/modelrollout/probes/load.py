@@ -10,6 +10,7 @@ The load runs in its own process so it gets a core and never stalls the caller's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import ssl
@@ -302,37 +303,69 @@ async def _run(cfg: LoadConfig) -> LoadResult:
                       ok / elapsed, ok * cfg.batch_size / elapsed, _latencies(hist), encoded)
 
 
-def _child(cfg: LoadConfig, conn: Any) -> None:
-    try:
-        import uvloop  # a faster event loop: the generator must never be the bottleneck
+def _serve(conn: Any) -> None:
+    """The generator process: run each load it is sent, until it is sent None."""
+    import uvloop  # a faster event loop: the generator must never be the bottleneck
 
-        conn.send(("ok", uvloop.run(_run(cfg))))
-    except BaseException as e:  # report anything to the parent rather than die silently
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-    finally:
-        conn.close()
+    while (cfg := conn.recv()) is not None:
+        try:
+            conn.send(("ok", uvloop.run(_run(cfg))))
+        except BaseException as e:  # report anything to the parent rather than die silently
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+    conn.close()
+
+
+class Generator:
+    """A load-generator process kept for a series of loads (one run's windows): one process start for all,
+    where a start costs about a second of a busy machine."""
+
+    def __init__(self) -> None:
+        self._proc: Any = None
+        self._conn: Any = None
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def run(self, cfg: LoadConfig) -> LoadResult:
+        """Run one load and return its result (blocking)."""
+        if self._proc is None or not self._proc.is_alive():
+            ctx = mp.get_context("spawn")
+            self._conn, child = ctx.Pipe()
+            self._proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+            self._proc.start()
+            child.close()
+        self._conn.send(cfg)
+        limit = cfg.warmup + cfg.duration + cfg.timeout + 60
+        if not self._conn.poll(limit):
+            self.close()
+            raise RuntimeError(f"load generator gave no result within {limit:.0f}s")
+        status, value = self._conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"load generator failed: {value}")
+        assert isinstance(value, LoadResult)
+        return value
+
+    async def run_async(self, cfg: LoadConfig) -> LoadResult:
+        return await asyncio.to_thread(self.run, cfg)
+
+    def close(self) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc = None
 
 
 def run_load(cfg: LoadConfig) -> LoadResult:
     """Run one load in a fresh process and return its result (blocking)."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(cfg, child), daemon=True)
-    proc.start()
-    child.close()
-    try:
-        limit = cfg.warmup + cfg.duration + cfg.timeout + 60
-        if not parent.poll(limit):
-            raise RuntimeError(f"load generator gave no result within {limit:.0f}s")
-        status, value = parent.recv()
-    finally:
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-    if status != "ok":
-        raise RuntimeError(f"load generator failed: {value}")
-    assert isinstance(value, LoadResult)
-    return value
+    with Generator() as g:
+        return g.run(cfg)
 
 
 async def run_load_async(cfg: LoadConfig) -> LoadResult:
