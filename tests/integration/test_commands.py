@@ -69,11 +69,21 @@ def evaluate(path: Path, cand: Server, base: Server, *extra: str) -> subprocess.
 def test_evaluate_running_servers(tmp_path: Path, trained: Trained, start_server: Callable[..., Server]) -> None:
     cand, base = start_server(trained.candidate), start_server(trained.baseline)
     path = manifest(tmp_path, trained, [{"metric": "f1", "min": 0.9}, {"metric": "f1", "maxDrop": 0.0},
-                                        {"metric": "memory_peak_mib", "max": 4096},
-                                        {"metric": "error_rate_percent", "max": 0}])
+                                        {"metric": "memory_peak_mib", "max": 4096, "confidence": 0.9},
+                                        {"metric": "error_rate_percent", "max": 0},
+                                        # system figures decide on their load windows' intervals
+                                        {"metric": "latency_p99_ms", "maxIncreasePercent": 5000, "confidence": 0.9},
+                                        {"metric": "throughput_rps", "min": 1, "confidence": 0.9}])
     out = evaluate(path, cand, base, "--output", str(tmp_path / "r.json"), "--metrics-file", str(tmp_path / "m.prom"))
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     rep = json.loads((tmp_path / "r.json").read_text())
+    p99 = next(g for g in rep["gates"] if g["metric"] == "latency_p99_ms")
+    assert p99["verdict"] == "Pass" and p99["interval"]["level"] == 0.9 and p99["interval"]["resamples"] == 5, p99
+    assert p99["interval"]["low"] <= p99["delta"] <= p99["interval"]["high"]  # paired, around the pooled delta
+    for name in ("latency_p99_ms", "throughput_rps", "memory_peak_mib", "cpu_percent"):
+        fig = next(f for f in rep["figures"] if f["name"] == name)
+        assert fig["interval"]["low"] <= fig["candidate"] <= fig["interval"]["high"], fig
+        assert fig["deltaInterval"] is not None and fig["interval"]["level"] == 0.95, fig
     f1 = next(f for f in rep["figures"] if f["name"] == "f1")
     model = trained.models["candidate"]
     assert f1["candidate"] == pytest.approx(f1_score(trained.y, model.predict(trained.X)), abs=1e-12)  # type: ignore[attr-defined]

@@ -53,6 +53,7 @@ def build_report(
     task: Task, gates: Sequence[Gate], quality: Comparison | None, *,
     candidate_system: SystemFigures | None = None, baseline_system: SystemFigures | None = None,
     data_quality: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None,
+    level: float = 0.95,
 ) -> Report:
     """Gather every figure into one Evidence, run the gates and decide."""
     cand: dict[str, float] = {}
@@ -86,6 +87,11 @@ def build_report(
             d = paired(windows[k], w) if k in windows else None
             if d is not None:
                 delta_windows[k] = d
+    for src, dst in ((windows, intervals), (delta_windows, delta_iv)):  # the report's own level, for its table
+        for k, w in src.items():
+            iv = w.interval(level)
+            if iv is not None:
+                dst[k] = iv
     ev = Evidence(cand, base, intervals, delta_iv, samples, dists, delta_dists, why, windows, delta_windows)
     results = evaluate(gates, ev)
     return Report(
