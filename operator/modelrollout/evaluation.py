@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -43,6 +44,8 @@ class Variant:
     node_selector: tuple[tuple[str, str], ...] = ()
     leak_source: Source | None = None  # when it differs from `source` (the leak probe needs fresh samples)
     memory_source: str | None = None  # where memory comes from, for the report
+    time_to_ready_s: float | None = None  # known beforehand (the operator's pods: scheduled -> Ready)
+    started_at: float | None = None  # time.monotonic() when a local server process was started
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Measured:
     leak: LeakReport | None
     windows: list[LoadResult] = field(default_factory=list)  # the first batch size, window by window
     window_resources: list[ResourceSummary] = field(default_factory=list)  # when the source resolves windows
+    time_to_ready_s: float | None = None
 
 
 def feature_matrix(h: Holdout) -> np.ndarray:
@@ -90,10 +94,16 @@ async def _watched(source: Source | None, cfg: LoadConfig, gen: Generator) -> tu
     return cast(tuple[LoadResult, ResourceSummary], await watch(source, gen.run_async(cfg)))
 
 
+async def _ready(v: Variant, spec: ModelRolloutSpec) -> float | None:
+    """Wait until the server is ready; its time to ready when it was started locally."""
+    async with ModelClient(v.endpoint) as client:
+        await client.wait_ready(spec.staging.ready_timeout)
+    return v.time_to_ready_s if v.started_at is None else time.monotonic() - v.started_at
+
+
 async def _score(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> tuple[
         Prediction, list[Any] | None]:
     async with ModelClient(v.endpoint) as client:
-        await client.wait_ready(spec.staging.ready_timeout)
         progress(f"{v.label}: scoring {len(X)} hold-out rows")
         return await client.predict_all(X), await client.classes() or spec.serving.classes
 
@@ -151,6 +161,8 @@ async def _rest(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Pro
 
 async def measure_all(variants: Sequence[Variant], X: np.ndarray, spec: ModelRolloutSpec,
                       progress: Progress) -> dict[str, Measured]:
+    ready = dict(zip([v.label for v in variants], await asyncio.gather(*(_ready(v, spec) for v in variants)),
+                     strict=True))
     scored = {v.label: await _score(v, X, spec, progress) for v in variants}
     windowed = await _windows(variants, X, spec, progress)
     out = {}
@@ -162,7 +174,7 @@ async def measure_all(variants: Sequence[Variant], X: np.ndarray, spec: ModelRol
         resolves = v.source is not None and spec.load.duration / max(1, spec.load.windows) >= 2 * v.source.resolution
         out[v.label] = Measured(
             scored[v.label][0], scored[v.label][1], [pool(windows), *rest], merge(parts) if parts else None, leak,
-            windows, [r for r in window_res if r is not None] if resolves else [])
+            windows, [r for r in window_res if r is not None] if resolves else [], ready[v.label])
     return out
 
 
@@ -190,11 +202,12 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
     if m.resources is not None:
         values.update(m.resources.figures())
         samples.update({k: m.resources.samples for k in m.resources.figures()})
-    if m.leak is not None:
+    if m.leak is not None:  # memory_growth_percent stays the load's after vs before; the slope is its own
         values.update(m.leak.figures())
-        values["memory_growth_percent"] = m.leak.growth_percent
-        samples["memory_growth_mib_per_10k_requests"] = m.leak.requests
-        samples["memory_growth_percent"] = m.leak.requests
+        samples.update({k: m.leak.requests for k in m.leak.figures()})
+    if m.time_to_ready_s is not None:
+        values["time_to_ready_s"] = m.time_to_ready_s
+        samples["time_to_ready_s"] = 1
     capacity = None
     if nodes and (m.resources is not None or v.memory_request_bytes > 0):
         need = ReplicaNeed(

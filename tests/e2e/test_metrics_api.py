@@ -60,7 +60,9 @@ def test_memory_comes_from_metrics_api_when_the_cluster_serves_it(metrics_api: N
         # the per-replica need is the measured peak plus 20% headroom (above the 256Mi request)
         assert st["capacity"]["perReplicaMemoryMiB"][v] == pytest.approx(840.0)
         # the leak probe needs fresh samples, so it still reads the server's own /metrics
-        assert "memory_growth_mib_per_10k_requests" in figs
+        assert "memory_growth_mib_per_10k_requests" in figs and "memory_leak_suspected" in figs
+        # scheduled -> Ready of the staging pod, from the API's own condition times
+        assert 0 <= figs["time_to_ready_s"] < 240, figs
     assert scenario.template() == before
     assert scenario.staging_objects("usage") == []
     scenario.assert_invariant("usage", before)

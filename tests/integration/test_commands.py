@@ -37,7 +37,11 @@ def test_demo_promotes_and_writes_the_report_folder(tmp_path: Path) -> None:
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     names = {f["name"] for f in rep["figures"]}
     assert {"f1", "roc_auc", "latency_p99_ms", "throughput_rps", "memory_peak_mib",
-            "memory_growth_mib_per_10k_requests", "replicas_fit", "best_batch_size"} <= names
+            "memory_growth_mib_per_10k_requests", "memory_leak_mib_per_10k_requests", "memory_leak_suspected",
+            "time_to_ready_s", "replicas_fit", "best_batch_size"} <= names
+    fig = {f["name"]: f for f in rep["figures"]}
+    assert 0 < fig["time_to_ready_s"]["candidate"] < 120 and 0 < fig["time_to_ready_s"]["baseline"] < 120
+    assert fig["memory_leak_suspected"]["candidate"] in (0, 1)
     assert [s["batch_size"] for s in rep["details"]["candidate"]["sweep"]] == [1, 8, 32]
     page = (tmp_path / "r" / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "Decision" in page

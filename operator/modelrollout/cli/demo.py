@@ -71,14 +71,14 @@ def train(folder: Path) -> tuple[Path, Path, Path]:
 
 
 @contextlib.contextmanager
-def serve(model: Path, name: str) -> Iterator[tuple[str, int]]:
-    """A reference server as a child process; always stopped, even on Ctrl-C."""
-    port = free_port()
+def serve(model: Path, name: str) -> Iterator[tuple[str, int, float]]:
+    """A reference server as a child process (url, pid, when started); always stopped, even on Ctrl-C."""
+    port, started = free_port(), time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelrollout.cli", "serve", str(model), "--name", name, "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        yield f"http://127.0.0.1:{port}", proc.pid
+        yield f"http://127.0.0.1:{port}", proc.pid, started
     finally:
         proc.terminate()
         try:
@@ -108,15 +108,17 @@ def run_demo(args: argparse.Namespace) -> int:
         hold = prepare(read_table(hold_path), task=spec.task, label_column=spec.holdout.label_column,
                        slice_columns=spec.holdout.slice_columns, name=str(hold_path))
         name = spec.serving.model_name
-        with serve(cand_model, name) as (cand_url, cand_pid), serve(base_model, name) as (base_url, base_pid):
+        with serve(cand_model, name) as (cand_url, cand_pid, cand_at), \
+                serve(base_model, name) as (base_url, base_pid, base_at):
             progress(f"serving candidate at {cand_url}, baseline at {base_url}")
             variants = [
                 Variant(label, Endpoint(url, name, spec.serving.protocol, spec.serving.timeout,
                                         int(spec.serving.max_response_size), label,
                                         outputs=(spec.serving.outputs.labels, spec.serving.outputs.probabilities)),
                         ProcessSource(pid),
-                        memory_source="process (psutil)")
-                for label, url, pid in (("candidate", cand_url, cand_pid), ("baseline", base_url, base_pid))]
+                        memory_source="process (psutil)", started_at=at)
+                for label, url, pid, at in (("candidate", cand_url, cand_pid, cand_at),
+                                            ("baseline", base_url, base_pid, base_at))]
             rep, measured = asyncio.run(evaluate_servers(spec, hold, variants[0], variants[1], this_machine(),
                                                          progress))
     from modelrollout.cli.report_files import curves_plot, memory_plot, sweep_plot, write_report_dir

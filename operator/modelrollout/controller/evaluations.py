@@ -19,7 +19,7 @@ import aiohttp
 
 from modelrollout import holdout_source
 from modelrollout.controller.settings import Settings
-from modelrollout.core.pods import PodProblems, pod_problems
+from modelrollout.core.pods import PodProblems, pod_problems, time_to_ready
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import gate_dict
 from modelrollout.core.spec import ModelRolloutSpec
@@ -176,7 +176,10 @@ class Evaluations:
                           (spec.serving.outputs.labels, spec.serving.outputs.probabilities))
             memory, leak, where = await self._sources(sns, dep, PrometheusSource(url.rstrip("/") + "/metrics"),
                                                       spec.staging.replicas)
-            variants.append(Variant(v, ep, memory, mem, cpu, selector, leak_source=leak, memory_source=where))
+            labels = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+            ready = time_to_ready(await run(self.kube.pods, sns, labels)) if labels else None
+            variants.append(Variant(v, ep, memory, mem, cpu, selector, leak_source=leak, memory_source=where,
+                                    time_to_ready_s=ready))
         nodes = await run(self.kube.nodes)
         report, _ = await evaluate_servers(spec, holdout, variants[0], variants[1], nodes,
                                            lambda m: log.info("%s: %s", body["metadata"]["name"], m))

@@ -25,8 +25,8 @@ SYSTEM: Final[tuple[str, ...]] = (
     "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_p999_ms",
     "latency_max_ms", "throughput_rps", "error_rate_percent", "best_batch_size",
     "memory_before_mib", "memory_peak_mib", "memory_after_mib", "memory_growth_percent",
-    "memory_growth_mib_per_10k_requests", "cpu_percent",
-    "replicas_fit", "fleet_throughput_rps", "replicas_needed", "cost_per_million_usd",
+    "memory_growth_mib_per_10k_requests", "memory_leak_mib_per_10k_requests", "memory_leak_suspected",
+    "cpu_percent", "time_to_ready_s", "replicas_fit", "fleet_throughput_rps", "replicas_needed", "cost_per_million_usd",
 )
 
 #: system figures measured window by window (core/windows.py), so they have intervals; a maximum
@@ -41,7 +41,8 @@ WINDOW_WARMUP: Final = 0.25
 _LOWER_IS_BETTER: Final = frozenset({
     "log_loss", "mse", "rmse", "mae", "mape", "error_rate_percent", "memory_before_mib",
     "memory_peak_mib", "memory_after_mib", "memory_growth_percent", "memory_growth_mib_per_10k_requests",
-    "cpu_percent", "replicas_needed", "cost_per_million_usd",
+    "cpu_percent", "replicas_needed", "cost_per_million_usd", "memory_leak_mib_per_10k_requests",
+    "memory_leak_suspected", "time_to_ready_s",
 })
 
 SLICE_GAP_SUFFIX: Final = "_slice_gap"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 # Waiting reasons that will not resolve by themselves: waiting longer only delays the verdict.
@@ -69,3 +70,24 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> PodProblems:
     more = len(found) - MAX_LISTED
     listed = found[:MAX_LISTED] + ([f"{more} more"] if more > 0 else [])
     return PodProblems(tuple(listed), fatal)
+
+
+def time_to_ready(pods: Sequence[Mapping[str, Any]]) -> float | None:
+    """Seconds from scheduled to Ready of the slowest ready pod, from the API's own condition times: how
+    long a new replica takes before it can absorb traffic. None while no pod is ready."""
+    out: list[float] = []
+    for p in pods:
+        conds = {c.get("type"): c for c in (p.get("status") or {}).get("conditions") or []}
+        sched, ready = conds.get("PodScheduled") or {}, conds.get("Ready") or {}
+        if ready.get("status") != "True" or not sched.get("lastTransitionTime") or not ready.get(
+                "lastTransitionTime"):
+            continue
+        out.append((_when(ready["lastTransitionTime"]) - _when(sched["lastTransitionTime"])).total_seconds())
+    return max(out) if out else None
+
+
+def _when(stamp: Any) -> datetime:
+    """The API gives RFC 3339 strings, the Python client datetimes."""
+    if isinstance(stamp, datetime):
+        return stamp
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))

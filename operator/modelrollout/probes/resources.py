@@ -185,7 +185,10 @@ class LeakReport:
     points: list[tuple[int, float]]  # (requests so far, MiB)
 
     def figures(self) -> dict[str, float]:
-        return {"memory_growth_mib_per_10k_requests": self.mib_per_10k_requests}
+        # memory_growth_mib_per_10k_requests: the slope's first name, kept for manifests that use it
+        return {"memory_leak_mib_per_10k_requests": self.mib_per_10k_requests,
+                "memory_growth_mib_per_10k_requests": self.mib_per_10k_requests,
+                "memory_leak_suspected": float(self.suspected)}
 
 
 async def leak_probe(
