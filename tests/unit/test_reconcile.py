@@ -256,7 +256,24 @@ def test_a_route_that_cannot_be_split_fails_before_anything_is_created(rules: An
     st = step(c, kube)
     assert (st["phase"], st["reason"]) == ("Failed", "TrafficRouteInvalid"), st
     assert words in st["message"] and "spec.promotion.canary.trafficRouting.gatewayAPI" in st["message"]
+    assert st["message"].endswith("; nothing was created"), st["message"]
     assert not [k for k in kube.objects if k[0] == "Service"] and canary(kube) == {}
+
+
+def test_a_route_deleted_mid_canary_rolls_back_at_the_next_step_and_says_production_was_restored() -> None:
+    c, kube = routed_world([{"weight": 30, "pause": "10ms"}, {"weight": 60, "pause": "10ms"}])
+    step(c, kube)
+    step(c, kube)
+    assert backends(kube)[0] == [("churn", 70), ("churn-canary", 30)]
+    del kube.routes[NS, "web"]
+    time.sleep(0.02)
+    seen = [step(c, kube) for _ in range(2)]
+    st = seen[-1]
+    assert (st["phase"], st.get("reason")) == ("RolledBack", "TrafficRouteInvalid"), [
+        (s["phase"], s.get("reason"), s.get("message")) for s in seen]
+    assert "HTTPRoute ml/web does not exist" in st["message"] and "production restored" in st["message"]
+    assert "nothing was created" not in st["message"], st["message"]  # the canary had run: say what was done
+    assert canary(kube) == {} and target(kube)["spec"]["replicas"] == 4
 
 
 def test_a_route_changed_by_its_owner_mid_step_is_not_overwritten() -> None:

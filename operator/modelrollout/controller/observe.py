@@ -83,4 +83,4 @@ async def route_problem(kube: Kube, ns: str, spec: ModelRolloutSpec) -> tuple[st
     if routing(spec) is None:
         return None
     p = await plan(kube, ns, spec)
-    return (p, "TrafficRouteInvalid") if isinstance(p, str) else None
+    return (f"{p}; nothing was created", "TrafficRouteInvalid") if isinstance(p, str) else None

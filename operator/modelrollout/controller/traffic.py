@@ -49,14 +49,14 @@ async def plan(kube: Kube, ns: str, spec: ModelRolloutSpec) -> Plan | str:
     route = await run(kube.get_route, ns, gw.http_route)
     if route is None:
         return (f"{FIELD}.httpRoute: HTTPRoute {ns}/{gw.http_route} does not exist (or the cluster serves no "
-                "gateway.networking.k8s.io/v1); nothing was created")
+                "gateway.networking.k8s.io/v1)")
     canary = objects.canary_name(spec.target_ref.name)
     rules = list((route.get("spec") or {}).get("rules") or [])
     try:
         service = gw.service or spec.target_ref.name
         return Plan(route, traffic.production_rules(rules, gw.http_route, service, canary), canary)
     except traffic.RouteError as e:
-        return f"{FIELD}: {e}; nothing was created"
+        return f"{FIELD}: {e}"
 
 
 async def set_weight(kube: Kube, ns: str, p: Plan, weight: int) -> None:
