@@ -31,8 +31,9 @@ def div(num: FloatArray, den: FloatArray, zero: float = 0.0) -> FloatArray:
 def counts(codes: IntArray, idx: IntArray, k: int) -> FloatArray:
     """(b, k): how often each code 0..k-1 occurs among the rows of each draw."""
     b = idx.shape[0]
-    flat = (codes[idx] + (np.arange(b, dtype=np.int64) * k)[:, None]).ravel()
-    return np.bincount(flat, minlength=b * k).reshape(b, k).astype(np.float64)
+    flat = codes[idx]
+    flat += (np.arange(b, dtype=np.int64) * k)[:, None]  # in place: a fresh array per pass costs page faults
+    return np.bincount(flat.ravel(), minlength=b * k).reshape(b, k).astype(np.float64)
 
 
 def _sums(values: FloatArray, idx: IntArray) -> FloatArray:
@@ -54,15 +55,24 @@ class Ranking:
 
     codes: IntArray  # 2 * group + is_positive, per row
     groups: int
+    losses: FloatArray  # (groups, 2): each group's log loss for a negative and for a positive row
 
     @classmethod
     def of(cls, scores: FloatArray, positive: FloatArray) -> Ranking:
         uniq, inverse = np.unique(-scores, return_inverse=True)  # ascending -score: best first
-        return cls(inverse.astype(np.int64) * 2 + positive.astype(np.int64), int(uniq.size))
+        losses = np.stack([row_log_loss(1 + uniq), row_log_loss(-uniq)], axis=1)
+        return cls(inverse.astype(np.int64) * 2 + positive.astype(np.int64), int(uniq.size), losses)
 
-    def curves(self, idx: IntArray) -> tuple[FloatArray, FloatArray]:
-        c = counts(self.codes, idx, 2 * self.groups).reshape(idx.shape[0], self.groups, 2)
-        return curves(c[:, :, 0], c[:, :, 1])
+    def counts(self, idx: IntArray) -> FloatArray:
+        """(b, groups, 2): negatives and positives drawn per score group."""
+        return counts(self.codes, idx, 2 * self.groups).reshape(idx.shape[0], self.groups, 2)
+
+    def log_loss_sums(self, c: FloatArray, side: int | None = None) -> FloatArray:
+        """Summed log loss of the drawn rows, from the counts: a row's loss depends on its score and label
+        only, so this needs no gather of per-row losses; `side` 1 sums the positives only."""
+        if side is None:
+            return np.asarray((c * self.losses).sum(axis=(-2, -1)), dtype=np.float64)
+        return np.asarray(c[..., side] @ self.losses[:, side], dtype=np.float64)
 
 
 def row_log_loss(p_true: FloatArray) -> FloatArray:
@@ -84,21 +94,25 @@ def binary_figures(c: FloatArray) -> dict[str, FloatArray]:
     }
 
 
-def binary_losses(pb: Problem) -> FloatArray | None:
-    return None if pb.scores is None else row_log_loss(np.where(pb.y == 1, pb.scores, 1 - pb.scores))
-
-
 def _binary_kernel(pb: Problem) -> Kernel:
     cell = binary_cells(pb)
-    ranking = Ranking.of(pb.scores, pb.y) if pb.scores is not None else None
-    losses = binary_losses(pb)
+    if pb.scores is None:
+        return lambda idx: binary_figures(counts(cell, idx, 4))
+    ranking = Ranking.of(pb.scores, pb.y)
+    r = ranking.groups
+    # few distinct scores (rounded, as usual): one bincount over (score group, label, prediction) gives
+    # every figure; with many, that table outgrows the draw and two small bincounts are cheaper
+    joint = ranking.codes * 2 + pb.pred.astype(np.int64) if 4 * r <= pb.n else None
 
     def kernel(idx: IntArray) -> dict[str, FloatArray]:
-        c = counts(cell, idx, 4)
+        if joint is not None:
+            c4 = counts(joint, idx, 4 * r).reshape(idx.shape[0], r, 2, 2)
+            c, by_score = c4.sum(axis=1).reshape(idx.shape[0], 4), c4.sum(axis=3)
+        else:
+            c, by_score = counts(cell, idx, 4), ranking.counts(idx)
         out = binary_figures(c)
-        if ranking is not None and losses is not None:
-            out["roc_auc"], out["pr_auc"] = ranking.curves(idx)
-            out["log_loss"] = div(_sums(losses, idx), c.sum(axis=-1), np.nan)
+        out["roc_auc"], out["pr_auc"] = curves(by_score[:, :, 0], by_score[:, :, 1])
+        out["log_loss"] = div(ranking.log_loss_sums(by_score), c.sum(axis=-1), np.nan)
         return out
 
     return kernel
@@ -127,10 +141,6 @@ def multiclass_auc(aucs: FloatArray, true_sum: FloatArray) -> FloatArray:
     return np.where(np.all(true_sum > 0, axis=-1), np.mean(aucs, axis=-1), np.nan)
 
 
-def multiclass_losses(pb: Problem) -> FloatArray | None:
-    return None if pb.scores is None else row_log_loss(pb.scores[np.arange(pb.n), pb.y.astype(np.int64)])
-
-
 def _multiclass_kernel(pb: Problem) -> Kernel:
     k = len(pb.classes)
     y = pb.y.astype(np.int64)
@@ -138,15 +148,18 @@ def _multiclass_kernel(pb: Problem) -> Kernel:
     rankings = None
     if pb.scores is not None:
         rankings = [Ranking.of(pb.scores[:, c], (y == c).astype(np.float64)) for c in range(k)]
-    losses = multiclass_losses(pb)
 
     def kernel(idx: IntArray) -> dict[str, FloatArray]:
         conf = counts(cell, idx, k * k).reshape(idx.shape[0], k, k)
         out = multiclass_figures(conf)
-        if rankings is not None and losses is not None:
+        if rankings is not None:
             true_sum = conf.sum(axis=-1)
-            out["roc_auc"] = multiclass_auc(np.stack([r.curves(idx)[0] for r in rankings], axis=1), true_sum)
-            out["log_loss"] = div(_sums(losses, idx), true_sum.sum(axis=-1), np.nan)
+            per_class = [r.counts(idx) for r in rankings]
+            out["roc_auc"] = multiclass_auc(np.stack([curves(c[:, :, 0], c[:, :, 1])[0] for c in per_class], axis=1),
+                                            true_sum)
+            # a row's loss is that of its own class's score: the positives of that class's ranking
+            loss = np.sum([r.log_loss_sums(c, side=1) for r, c in zip(rankings, per_class, strict=True)], axis=0)
+            out["log_loss"] = div(loss, true_sum.sum(axis=-1), np.nan)
         return out
 
     return kernel

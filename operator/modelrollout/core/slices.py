@@ -27,16 +27,15 @@ from modelrollout.core.kernels import (
     Kernel,
     binary_cells,
     binary_figures,
-    binary_losses,
     counts,
     div,
     kernel_for,
     multiclass_auc,
     multiclass_cells,
     multiclass_figures,
-    multiclass_losses,
     regression_figures,
     regression_rows,
+    row_log_loss,
 )
 from modelrollout.core.problem import DataError, FloatArray, Problem
 
@@ -99,50 +98,70 @@ class _GroupRanking:
     codes: IntArray  # 2 * (segment start + rank of the score within the group, best first) + is_positive
     starts: IntArray  # first bin of each group's segment (every group has at least one row)
     seg: IntArray  # the group of each bin
+    losses: FloatArray  # (bins, 2): log loss of a negative and of a positive row in each bin
 
     @classmethod
     def of(cls, scores: FloatArray, positive: FloatArray, group: IntArray, groups: int) -> _GroupRanking:
         local = np.zeros(group.shape[0], dtype=np.int64)
-        sizes = np.zeros(groups, dtype=np.int64)
+        neg_scores = []
         for g in range(groups):
             rows = group == g
             uniq, inverse = np.unique(-scores[rows], return_inverse=True)
-            local[rows], sizes[g] = inverse, uniq.size
+            local[rows] = inverse
+            neg_scores.append(uniq)
+        sizes = np.array([u.size for u in neg_scores], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         codes = (starts[group] + local) * 2 + positive.astype(np.int64)
-        return cls(codes, starts, np.repeat(np.arange(groups), sizes))
+        uniq = np.concatenate(neg_scores)
+        losses = np.stack([row_log_loss(1 + uniq), row_log_loss(-uniq)], axis=1)
+        return cls(codes, starts, np.repeat(np.arange(groups), sizes), losses)
 
-    def curves(self, idx: IntArray) -> tuple[FloatArray, FloatArray]:
+    def counts(self, idx: IntArray) -> FloatArray:
+        """(b, bins, 2): negatives and positives drawn per (group, score) bin."""
+        return counts(self.codes, idx, 2 * self.seg.size).reshape(idx.shape[0], self.seg.size, 2)
+
+    def per_group(self, x: FloatArray) -> FloatArray:
+        """(b, groups): x (b, bins) summed over each group's bins."""
+        return np.asarray(np.add.reduceat(x, self.starts, axis=1), dtype=np.float64)
+
+    def curves(self, c: FloatArray) -> tuple[FloatArray, FloatArray]:
         """ROC-AUC and average precision per group, as kernels.curves with the running counts per segment."""
-        bins = self.seg.size
-        c = counts(self.codes, idx, 2 * bins).reshape(idx.shape[0], bins, 2)
         gn, gp = c[:, :, 0], c[:, :, 1]
         tps, fps = np.cumsum(gp, axis=1), np.cumsum(gn, axis=1)
         before = np.maximum(self.starts - 1, 0)
         first = (self.starts == 0)[None, :]
         tps -= np.where(first, 0.0, tps[:, before])[:, self.seg]  # restart at each group's first bin
         fps -= np.where(first, 0.0, fps[:, before])[:, self.seg]
-
-        def per_group(x: FloatArray) -> FloatArray:
-            return np.asarray(np.add.reduceat(x, self.starts, axis=1), dtype=np.float64)
-
-        p, n = per_group(gp), per_group(gn)
-        auc = div(per_group(gn * (tps - 0.5 * gp)), p * n, np.nan)
-        ap = div(per_group(gp * div(tps, tps + fps)), p, np.nan)
+        p, n = self.per_group(gp), self.per_group(gn)
+        auc = div(self.per_group(gn * (tps - 0.5 * gp)), p * n, np.nan)
+        ap = div(self.per_group(gp * div(tps, tps + fps)), p, np.nan)
         return auc, ap
+
+    def log_loss_sums(self, c: FloatArray, side: int | None = None) -> FloatArray:
+        """(b, groups) summed log loss, from the counts as Ranking.log_loss_sums; `side` 1: positives only."""
+        loss = (c * self.losses).sum(axis=-1) if side is None else c[..., side] * self.losses[:, side]
+        return self.per_group(loss)
 
 
 def _binary(pb: Problem, group: IntArray, groups: int) -> GroupKernel:
     cell = group * 4 + binary_cells(pb)
     ranking = _GroupRanking.of(pb.scores, pb.y, group, groups) if pb.scores is not None else None
-    losses = binary_losses(pb)
+    bins = 0 if ranking is None else ranking.seg.size
+    # as kernels._binary_kernel: one bincount over (group and score, label, prediction) while that table is small
+    joint = ranking.codes * 2 + pb.pred.astype(np.int64) if ranking is not None and 4 * bins <= pb.n else None
 
     def kernel(idx: IntArray) -> dict[str, FloatArray]:
-        c = _group_counts(cell, idx, 4, groups)
+        if ranking is not None and joint is not None:
+            c4 = counts(joint, idx, 4 * bins).reshape(idx.shape[0], bins, 2, 2)
+            by_score = c4.sum(axis=3)
+            c = np.stack([ranking.per_group(c4[:, :, i // 2, i % 2]) for i in range(4)], axis=-1)
+        else:
+            c = _group_counts(cell, idx, 4, groups)
+            by_score = ranking.counts(idx) if ranking is not None else None
         out = binary_figures(c)
-        if ranking is not None and losses is not None:
-            out["roc_auc"], out["pr_auc"] = ranking.curves(idx)
-            out["log_loss"] = div(_group_sums(losses[idx], group[idx], groups), c.sum(axis=-1), np.nan)
+        if ranking is not None and by_score is not None:
+            out["roc_auc"], out["pr_auc"] = ranking.curves(by_score)
+            out["log_loss"] = div(ranking.log_loss_sums(by_score), c.sum(axis=-1), np.nan)
         return _drawn(out, c.sum(axis=-1))
 
     return kernel
@@ -155,15 +174,17 @@ def _multiclass(pb: Problem, group: IntArray, groups: int) -> GroupKernel:
     if pb.scores is not None:
         y = pb.y.astype(np.int64)
         rankings = [_GroupRanking.of(pb.scores[:, c], (y == c).astype(np.float64), group, groups) for c in range(k)]
-    losses = multiclass_losses(pb)
 
     def kernel(idx: IntArray) -> dict[str, FloatArray]:
         conf = _group_counts(cell, idx, k * k, groups).reshape(idx.shape[0], groups, k, k)
         out = multiclass_figures(conf)
         true_sum = conf.sum(axis=-1)
-        if rankings is not None and losses is not None:
-            out["roc_auc"] = multiclass_auc(np.stack([r.curves(idx)[0] for r in rankings], axis=-1), true_sum)
-            out["log_loss"] = div(_group_sums(losses[idx], group[idx], groups), true_sum.sum(axis=-1), np.nan)
+        if rankings is not None:
+            per_class = [r.counts(idx) for r in rankings]
+            aucs = np.stack([r.curves(c)[0] for r, c in zip(rankings, per_class, strict=True)], axis=-1)
+            out["roc_auc"] = multiclass_auc(aucs, true_sum)
+            loss = np.sum([r.log_loss_sums(c, side=1) for r, c in zip(rankings, per_class, strict=True)], axis=0)
+            out["log_loss"] = div(loss, true_sum.sum(axis=-1), np.nan)
         return _drawn(out, true_sum.sum(axis=-1))
 
     return kernel
