@@ -47,11 +47,11 @@ def _loop_gaps(pb: Problem, slices: dict[str, Any], resamples: int, seed: int) -
     return {m: np.array(v) for m, v in out.items()}
 
 
-def _binary_case(seed: int, n: int) -> tuple[Problem, Problem, dict[str, Any]]:
+def _binary_case(seed: int, n: int, decimals: int = 2) -> tuple[Problem, Problem, dict[str, Any]]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    s = np.clip(0.4 * y + 0.6 * rng.random(n), 0, 1).round(2)  # ties
-    s2 = np.clip(0.2 * y + 0.8 * rng.random(n), 0, 1).round(2)
+    s = np.clip(0.4 * y + 0.6 * rng.random(n), 0, 1).round(decimals)  # ties
+    s2 = np.clip(0.2 * y + 0.8 * rng.random(n), 0, 1).round(decimals)
     region = rng.choice(["eu", "us", "apac"], n, p=[0.5, 0.45, 0.05])  # apac: often absent from a resample
     device = np.where(rng.random(n) < 0.5, "mobile", "desktop")
     pred = (s >= 0.5).astype(int)
@@ -85,12 +85,16 @@ def test_the_gap_point_value_is_unchanged_and_is_the_largest_best_minus_worst_gr
     assert with_bootstrap.candidate.intervals["f1_slice_gap"].resamples == 200
 
 
-@pytest.mark.parametrize("task", ["binary-classification", "multiclass-classification", "regression"])
-def test_the_gap_distribution_equals_a_loop_over_the_same_resamples(task: Task) -> None:
-    n, resamples, seed = 60, 40, 3
+@pytest.mark.parametrize(("task", "n"), [
+    ("binary-classification", 60),  # many distinct scores per group: separate bincounts
+    ("binary-classification", 240),  # one decimal: the joint (group and score, label, prediction) table
+    ("multiclass-classification", 60), ("regression", 60),
+])
+def test_the_gap_distribution_equals_a_loop_over_the_same_resamples(task: Task, n: int) -> None:
+    resamples, seed = 40, 3
     rng = np.random.default_rng(4)
     if task == "binary-classification":
-        cand, base, slices = _binary_case(5, n)
+        cand, base, slices = _binary_case(5, n, decimals=2 if n < 100 else 1)
     elif task == "multiclass-classification":
         k = rng.integers(0, 3, n)
         raw = [rng.random((n, 3)) + np.eye(3)[k] * w for w in (0.8, 0.3)]
@@ -111,7 +115,7 @@ def test_the_gap_distribution_equals_a_loop_over_the_same_resamples(task: Task) 
         _assert_same(cmp.candidate.distributions[name], ref_c[m], name)
         _assert_same(cmp.baseline.distributions[name], ref_b[m], name)
         _assert_same(cmp.delta_distributions[name], ref_c[m] - ref_b[m], f"delta {name}")
-    if task == "binary-classification":  # the edge cases were exercised: an absent group, an undefined figure
+    if task == "binary-classification" and n < 100:  # the edge cases ran: an absent group, an undefined figure
         labels = np.asarray(slices["region"])
         assert any(not (labels[row] == "apac").any() for idx in resample_indices(n, resamples, seed) for row in idx)
         assert np.isfinite(cmp.candidate.distributions["precision_slice_gap"]).all()  # device defines it
