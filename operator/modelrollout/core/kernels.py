@@ -19,6 +19,9 @@ from modelrollout.core.problem import FloatArray, Problem
 IntArray = npt.NDArray[np.int64]
 Kernel = Callable[[IntArray], dict[str, FloatArray]]
 EPS = float(np.finfo(np.float64).eps)
+#: Cells of a kernel's per-draw count table scored at once: the table's passes (cumulative sums, curves)
+#: then run in cache; 1,000 draws of a 1,000-row hold-out with distinct scores score ~2x faster in blocks.
+TABLE_CELLS = 1 << 18
 
 
 def div(num: FloatArray, den: FloatArray, zero: float = 0.0) -> FloatArray:
@@ -34,6 +37,19 @@ def counts(codes: IntArray, idx: IntArray, k: int) -> FloatArray:
     flat = codes[idx]
     flat += (np.arange(b, dtype=np.int64) * k)[:, None]  # in place: a fresh array per pass costs page faults
     return np.bincount(flat.ravel(), minlength=b * k).reshape(b, k).astype(np.float64)
+
+
+def blocked(kernel: Kernel, width: int) -> Kernel:
+    """The kernel over blocks of draws whose (draws x width) tables fit in cache: the same value per draw."""
+    rows = max(1, TABLE_CELLS // max(width, 1))
+
+    def run(idx: IntArray) -> dict[str, FloatArray]:
+        if idx.shape[0] <= rows:
+            return kernel(idx)
+        parts = [kernel(idx[i:i + rows]) for i in range(0, idx.shape[0], rows)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    return run
 
 
 def _sums(values: FloatArray, idx: IntArray) -> FloatArray:
@@ -118,7 +134,7 @@ def _binary_kernel(pb: Problem) -> Kernel:
         out["log_loss"] = div(ranking.log_loss_sums(gn, gp), conf.sum(axis=-1), np.nan)
         return out
 
-    return kernel
+    return blocked(kernel, 4 * r if joint is not None else 2 * r)
 
 
 def multiclass_cells(pb: Problem) -> IntArray:
@@ -165,7 +181,7 @@ def _multiclass_kernel(pb: Problem) -> Kernel:
             out["log_loss"] = div(loss, true_sum.sum(axis=-1), np.nan)
         return out
 
-    return kernel
+    return blocked(kernel, max(2 * r.groups for r in rankings)) if rankings else kernel
 
 
 def regression_rows(pb: Problem) -> tuple[FloatArray, FloatArray, FloatArray]:
