@@ -3,8 +3,9 @@
 A gate on `<metric>_slice_gap` with `confidence` needs the gap's spread, not only its value. The
 gap is recomputed in every resample of the whole hold-out (the same drawn rows as every other
 figure, so the candidate - baseline change is paired): each row's group travels with it, group
-figures come from one bincount over (resample, group, code) per column, and the gap is the best
-minus the worst group, at most over the slice columns as for the point value.
+figures come from bincounts over (resample, group, code), the formulas are kernels.py's, and the gap
+is the best minus the worst group, the largest over the slice columns as for the point value. Costs
+about one more pass over the draws per slice column.
 
 A group that draws no rows in a resample has no figures there, and a figure undefined in a group
 (0/0) leaves that group out, as for the point value. A gap needs two defined groups: with fewer
