@@ -224,3 +224,28 @@ def test_slices_report_per_group_figures_and_the_gap() -> None:
     assert sl.groups["eu"]["accuracy"] == 1.0 and sl.groups["us"]["accuracy"] == 0.0
     assert sl.sizes == {"eu": 4, "us": 4}
     assert cmp.candidate.metrics["accuracy_slice_gap"] == 1.0
+
+
+@pytest.mark.parametrize("decimals", [1, 3])  # few distinct scores: one joint table; many: two bincounts
+def test_every_binary_bootstrap_figure_equals_scikit_learn_on_each_resample(decimals: int) -> None:
+    from modelrollout.core.quality import resample_indices
+
+    rng = np.random.default_rng(5)
+    n = 300
+    y = rng.integers(0, 2, n)
+    s = np.clip(y * 0.3 + rng.random(n) * 0.7, 0, 1).round(decimals)
+    p = np.where(rng.random(n) < 0.1, 1 - (s >= 0.5), s >= 0.5).astype(int)  # not a function of the score
+    dist = compare(encode("binary-classification", y, p, s), resamples=60, seed=2).candidate.distributions
+    fns: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
+        "accuracy": lambda y, p, s: sk(skm.accuracy_score, y, p),
+        "precision": lambda y, p, s: sk(skm.precision_score, y, p, zero_division=np.nan),
+        "recall": lambda y, p, s: sk(skm.recall_score, y, p, zero_division=np.nan),
+        "f1": lambda y, p, s: sk(skm.f1_score, y, p, zero_division=np.nan),
+        "roc_auc": lambda y, p, s: sk(skm.roc_auc_score, y, s),
+        "pr_auc": lambda y, p, s: sk(skm.average_precision_score, y, s),
+        "log_loss": lambda y, p, s: sk(skm.log_loss, y, s, labels=[0, 1]),
+    }
+    rows = [row for idx in resample_indices(n, 60, 2) for row in idx]
+    for name, fn in fns.items():
+        expected = [fn(y[r], p[r], s[r]) for r in rows]
+        assert all(close(ours, e) for ours, e in zip(dist[name], expected, strict=True)), name

@@ -1,0 +1,26 @@
+"""The bootstrap intervals cover the truth as often as they say: seeded simulations with a known answer.
+
+Regression: RMSE's percentile interval under-covers a little at small hold-outs. Measured with 400
+resamples over 1,000-2,000 simulated hold-outs each, normal errors: about 92.8 % at 50-100 rows, 94 % at
+200-300, 94.5-95 % at 500-1,000 (1,000 resamples gain about half a point at 200 rows). Heavy-tailed
+errors (Student t, 5 degrees of freedom) under-cover more: about 88 % at 100 rows and 90 % at 500. So
+this checks it at 500 rows with normal errors, where it is nominal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modelrollout.core.quality import compare, encode
+
+
+def test_the_95_percent_rmse_interval_covers_the_true_rmse() -> None:
+    """Errors N(0, 1) on 500 rows: the true RMSE is 1. Measured coverage: 94.6 % of 1,500 (94.2-95.7 % over
+    four other seeds)."""
+    rng = np.random.default_rng(0)
+    runs, hits = 1500, 0
+    for i in range(runs):
+        y = rng.normal(size=500)
+        iv = compare(encode("regression", y, y + rng.normal(size=500)), resamples=400, seed=i).candidate.intervals
+        hits += iv["rmse"].low <= 1.0 <= iv["rmse"].high
+    assert 0.93 <= hits / runs <= 0.97, hits / runs
