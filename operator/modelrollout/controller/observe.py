@@ -78,6 +78,12 @@ async def staging_available(kube: Kube, body: Mapping[str, Any], spec: ModelRoll
     return all(states)
 
 
+async def route_lost(kube: Kube, ns: str, spec: ModelRolloutSpec) -> str | None:
+    """Why the split route can no longer carry the canary (deleted, or its owner changed its rules)."""
+    p = await plan(kube, ns, spec)
+    return p if isinstance(p, str) else None
+
+
 async def route_problem(kube: Kube, ns: str, spec: ModelRolloutSpec) -> tuple[str, str] | None:
     """(error, reason) if the canary's HTTPRoute is missing or cannot be split: found before staging."""
     if routing(spec) is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from modelrollout.controller.act import Actions, api_reason
 from modelrollout.controller.evaluations import Evaluations
-from modelrollout.controller.observe import blocker, reach, route_problem, staging_available, undoable
+from modelrollout.controller.observe import blocker, reach, route_lost, route_problem, staging_available, undoable
 from modelrollout.controller.settings import Settings
 from modelrollout.core.decide import ANNOTATION_ABORT, ANNOTATION_UNDO, TERMINAL, Observed, Step, decide
 from modelrollout.core.queue import StagingQueue
@@ -110,6 +110,8 @@ class Controller:
                 obs["canary_available"] = await run(self.kube.deployment_available, ns,
                                                     objects.canary_name(spec.target_ref.name))
                 obs["production_replicas"] = None if target is None else int(target["spec"].get("replicas", 1))
+                if (status.get("traffic") or {}).get("weight"):  # the route carries the canary: is it still there?
+                    obs["route_lost"] = await route_lost(self.kube, ns, spec)
             state = self.ev.state(meta["uid"], gen)
             if state is not None:
                 obs["evaluation"], obs["evaluation_error"] = state

@@ -49,6 +49,7 @@ class Observed:
     canary_available: bool | None = None
     production_replicas: int | None = None  # the target's spec.replicas now
     undo_blocked: str | None = None  # why a Promoted rollout's target cannot go back to its previous template
+    route_lost: str | None = None  # why the canary's HTTPRoute, once split, can no longer carry it
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,8 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
                 return Step("rollback", "RolledBack", "CanaryNotReady",
                             f"canary step {i + 1} was not Available within {ready_timeout:g}s; production restored")
             return Step("wait", "Canary", "CanaryStep", f"canary step {i + 1}: waiting for the canary replicas", i)
+        if obs.route_lost:  # deleted or changed by its owner during a pause: the canary's share is gone
+            return Step("rollback", "RolledBack", "TrafficRouteInvalid", f"{obs.route_lost}; production restored")
         total = int(status.get("previousReplicas") or 0)
         routed = spec.promotion.canary.traffic_routing is not None
         if routed and (status.get("traffic") or {}).get("weight") != steps[i].weight:  # once the canary serves
