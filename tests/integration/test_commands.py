@@ -38,7 +38,10 @@ def test_demo_promotes_and_writes_the_report_folder(tmp_path: Path) -> None:
     names = {f["name"] for f in rep["figures"]}
     assert {"f1", "roc_auc", "latency_p99_ms", "throughput_rps", "memory_peak_mib",
             "memory_growth_mib_per_10k_requests", "replicas_fit", "best_batch_size"} <= names
-    assert [s["batch_size"] for s in rep["details"]["candidate"]["sweep"]] == [1, 8, 32]
+    cells = [(1, 4), (1, 16), (32, 4), (32, 16)]  # batch sizes 1, 32 x concurrencies 4, 16, the default first
+    assert [(s["batch_size"], s["concurrency"]) for s in rep["details"]["candidate"]["sweep"]] == cells
+    assert [(c["batchSize"], c["concurrency"]) for c in rep["sweep"]["cells"]] == cells
+    assert "32 x 16" in out.stdout and "32 x 16" in (tmp_path / "r" / "report.md").read_text()
     page = (tmp_path / "r" / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "Decision" in page
     text = metrics.read_text()
