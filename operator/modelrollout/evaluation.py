@@ -201,7 +201,9 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
     if total_ok + total_err:
         values["error_rate_percent"] = 100.0 * total_err / (total_ok + total_err)
         samples["error_rate_percent"] = total_ok + total_err
-    limit = next((g.max for g in spec.gates if g.metric == "latency_p99_ms" and g.max is not None), None)
+    # the p99 bound of the default cell (a gate naming a cell bounds that cell only)
+    limit = next((g.max for g in spec.gates if g.metric == "latency_p99_ms" and g.max is not None
+                  and not g.names_cell), None)
     best = best_batch(m.sweep, limit)
     if best is not None:
         values["best_batch_size"] = float(best.batch_size)
