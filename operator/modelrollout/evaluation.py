@@ -22,6 +22,7 @@ from modelrollout.core.figures import WINDOW_WARMUP
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import Report
 from modelrollout.core.spec import ModelRolloutSpec
+from modelrollout.core.sweep import Cell, CellFigures
 from modelrollout.core.windows import WINDOWED, Windows, schedule
 from modelrollout.holdout import Holdout
 from modelrollout.probes.load import PERCENTILES, Generator, LoadConfig, LoadResult, best_batch, pool
@@ -52,11 +53,12 @@ class Variant:
 class Measured:
     prediction: Prediction
     classes: list[Any] | None
-    sweep: list[LoadResult]  # per batch size; the first pooled over its load windows
+    sweep: list[LoadResult]  # per load cell in sweep order; the default cell's first, pooled over its windows
     resources: ResourceSummary | None
     leak: LeakReport | None
-    windows: list[LoadResult] = field(default_factory=list)  # the first batch size, window by window
+    windows: list[LoadResult] = field(default_factory=list)  # the default cell, window by window
     window_resources: list[ResourceSummary] = field(default_factory=list)  # when the source resolves windows
+    sweep_resources: list[ResourceSummary | None] = field(default_factory=list)  # per cell, when resolved
     time_to_ready_s: float | None = None
 
 
@@ -78,11 +80,11 @@ def _bodies(ep: Endpoint, X: np.ndarray, batch: int, count: int = 16) -> list[by
     return out
 
 
-def _config(ep: Endpoint, X: np.ndarray, spec: ModelRolloutSpec, batch: int, duration: float,
+def _config(ep: Endpoint, X: np.ndarray, spec: ModelRolloutSpec, cell: tuple[int, int], duration: float,
             warmup: float) -> LoadConfig:
-    ld = spec.load
+    ld, (batch, concurrency) = spec.load, cell
     return LoadConfig(url=ep.base + ep.infer_path(), bodies=_bodies(ep, X, batch), batch_size=batch,
-                      concurrency=ld.concurrency, duration=duration, warmup=warmup, mode=ld.mode, rate=ld.rate,
+                      concurrency=concurrency, duration=duration, warmup=warmup, mode=ld.mode, rate=ld.rate,
                       timeout=ep.timeout, headers=dict(ep.headers),
                       expect_key="outputs" if ep.protocol == "v2" else "predictions")
 
@@ -110,9 +112,9 @@ async def _score(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Pr
 
 async def _windows(variants: Sequence[Variant], X: np.ndarray, spec: ModelRolloutSpec, progress: Progress
                    ) -> dict[str, tuple[list[LoadResult], list[ResourceSummary | None]]]:
-    """The first batch size in windows alternating between the variants (ABBA BAAB ...), so the same
+    """The default cell in windows alternating between the variants (ABBA BAAB ...), so the same
     machine noise falls on both and each figure gets an interval from its windows."""
-    ld, batch = spec.load, spec.load.batch_sizes[0]
+    ld, cell = spec.load, spec.load.cells[0]
     k = max(1, ld.windows)
     out: dict[str, tuple[list[LoadResult], list[ResourceSummary | None]]] = {v.label: ([], []) for v in variants}
     by_label = {v.label: v for v in variants}
@@ -120,25 +122,28 @@ async def _windows(variants: Sequence[Variant], X: np.ndarray, spec: ModelRollou
         for j, label in schedule(k, [v.label for v in variants]):
             v, (results, resources) = by_label[label], out[label]
             warmup = ld.warmup if not results else min(ld.warmup, WINDOW_WARMUP)
-            progress(f"{label}: load at batch size {batch}, window {j + 1} of {k}, {ld.duration / k:g}s "
-                     f"({ld.mode} loop)")
-            r, res = await _watched(v.source, _config(v.endpoint, X, spec, batch, ld.duration / k, warmup), gen)
+            progress(f"{label}: load at batch size {cell[0]}, concurrency {cell[1]}, window {j + 1} of {k}, "
+                     f"{ld.duration / k:g}s ({ld.mode} loop)")
+            r, res = await _watched(v.source, _config(v.endpoint, X, spec, cell, ld.duration / k, warmup), gen)
             results.append(r)
             resources.append(res)
     return out
 
 
 async def _rest(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> tuple[
-        list[LoadResult], ResourceSummary | None, LeakReport | None]:
-    """The other batch sizes (for the table and the best batch size), then the leak probe."""
-    ld, sweep, parts = spec.load, [], []
+        list[LoadResult], list[ResourceSummary | None], LeakReport | None]:
+    """The other cells of the sweep, once each (for the table, cell gates and the best batch size), then the
+    leak probe."""
+    ld = spec.load
+    sweep: list[LoadResult] = []
+    parts: list[ResourceSummary | None] = []
     with Generator() as gen:
-        for b in ld.batch_sizes[1:]:
-            progress(f"{v.label}: load at batch size {b} for {ld.duration:g}s ({ld.mode} loop)")
-            r, res = await _watched(v.source, _config(v.endpoint, X, spec, b, ld.duration, ld.warmup), gen)
+        for cell in ld.cells[1:]:
+            progress(f"{v.label}: load at batch size {cell[0]}, concurrency {cell[1]} for {ld.duration:g}s "
+                     f"({ld.mode} loop)")
+            r, res = await _watched(v.source, _config(v.endpoint, X, spec, cell, ld.duration, ld.warmup), gen)
             sweep.append(r)
-            if res is not None:
-                parts.append(res)
+            parts.append(res)
     leak = None
     leak_source = v.leak_source or v.source
     if leak_source is not None and ld.leak_requests > 0:
@@ -156,7 +161,7 @@ async def _rest(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Pro
 
             leak = await leak_probe(leak_source, send, requests=ld.leak_requests,
                                     warmup_requests=min(1000, ld.leak_requests // 10 + 1))
-    return sweep, merge(parts) if parts else None, leak
+    return sweep, parts, leak
 
 
 async def measure_all(variants: Sequence[Variant], X: np.ndarray, spec: ModelRolloutSpec,
@@ -169,13 +174,26 @@ async def measure_all(variants: Sequence[Variant], X: np.ndarray, spec: ModelRol
     for v in variants:
         windows, window_res = windowed[v.label]
         rest, rest_res, leak = await _rest(v, X, spec, progress)
-        parts = [r for r in window_res if r is not None] + ([rest_res] if rest_res else [])
-        # memory per window only when the source reads fresh values at least twice in a window
-        resolves = v.source is not None and spec.load.duration / max(1, spec.load.windows) >= 2 * v.source.resolution
+        in_windows = [r for r in window_res if r is not None]
+        parts = in_windows + [r for r in rest_res if r is not None]
+        # memory and CPU per window (per cell) only when the source reads fresh values at least twice in one
+        ld = spec.load
+        resolves = v.source is not None and ld.duration / max(1, ld.windows) >= 2 * v.source.resolution
+        per_cell = v.source is not None and ld.duration >= 2 * v.source.resolution
         out[v.label] = Measured(
             scored[v.label][0], scored[v.label][1], [pool(windows), *rest], merge(parts) if parts else None, leak,
-            windows, [r for r in window_res if r is not None] if resolves else [], ready[v.label])
+            windows, in_windows if resolves else [],
+            [merge(in_windows) if in_windows else None, *rest_res] if per_cell else [], ready[v.label])
     return out
+
+
+def _cells(m: Measured) -> dict[Cell, CellFigures]:
+    """The performance table of one variant, in sweep order."""
+    res = m.sweep_resources or [None] * len(m.sweep)
+    return {Cell(r.batch_size, r.concurrency): CellFigures(
+        Cell(r.batch_size, r.concurrency), r.requests, sum(r.errors.values()), r.duration_s,
+        {k: v for k, v in r.latency_ms.items() if k != "mean"}, s.cpu_percent if s is not None else None)
+        for r, s in zip(m.sweep, res, strict=True)}
 
 
 def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Sequence[Node]) -> tuple[
@@ -195,7 +213,9 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
     if total_ok + total_err:
         values["error_rate_percent"] = 100.0 * total_err / (total_ok + total_err)
         samples["error_rate_percent"] = total_ok + total_err
-    limit = next((g.max for g in spec.gates if g.metric == "latency_p99_ms" and g.max is not None), None)
+    # the p99 bound of the default cell (a gate naming a cell bounds that cell only)
+    limit = next((g.max for g in spec.gates if g.metric == "latency_p99_ms" and g.max is not None
+                  and not g.names_cell), None)
     best = best_batch(m.sweep, limit)
     if best is not None:
         values["best_batch_size"] = float(best.batch_size)
@@ -228,7 +248,8 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
         "capacity": None if capacity is None else {
             "perNode": capacity.per_node, "perReplicaMemoryMiB": capacity.per_replica_memory_mib},
     }
-    return SystemFigures(values, samples, windows=_window_figures(m, values, spec.load.duration)), details
+    return SystemFigures(values, samples, windows=_window_figures(m, values, spec.load.duration),
+                         cells=_cells(m)), details
 
 
 def _window_figures(m: Measured, values: dict[str, float], seconds: float) -> dict[str, Windows]:

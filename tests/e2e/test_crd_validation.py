@@ -82,6 +82,14 @@ BAD = [
     ("spec.promotion.canary.steps", [{"weight": 50}, {"weight": 10}], "weights must increase"),
     ("spec.promotion.approval", "Sometimes", "spec.promotion.approval: Unsupported value: \"Sometimes\""),
     ("spec.load.mode", "open", "mode open needs a rate"),
+    # the load sweep's cells (as the parser: core/spec.py _cell_error, Load._rate)
+    ("spec.gates.0", {"metric": "latency_p99_ms", "max": 100, "batchSize": 4}, "must name a cell of the load sweep"),
+    ("spec.gates.0", {"metric": "latency_p99_ms", "max": 100, "concurrency": 16}, "must name a cell of the load sweep"),
+    ("spec.gates.0", {"metric": "latency_p99_ms", "max": 100, "batchSize": 8, "confidence": 0.9},
+     "confidence on a load cell other than the default"),
+    ("spec.gates.0", {"metric": "f1", "min": 0.5, "batchSize": 8}, "apply only to figures measured per load cell"),
+    ("spec.load.concurrencies", [8], "concurrencies repeats load.concurrency"),
+    ("spec.load.batchSizes", [1, 1], "spec.load.batchSizes[1]: Duplicate value: 1"),
     ("spec.colour", "blue", "unknown field \"spec.colour\""),
 ]
 

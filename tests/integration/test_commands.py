@@ -42,7 +42,10 @@ def test_demo_promotes_and_writes_the_report_folder(tmp_path: Path) -> None:
     fig = {f["name"]: f for f in rep["figures"]}
     assert 0 < fig["time_to_ready_s"]["candidate"] < 120 and 0 < fig["time_to_ready_s"]["baseline"] < 120
     assert fig["memory_leak_suspected"]["candidate"] in (0, 1)
-    assert [s["batch_size"] for s in rep["details"]["candidate"]["sweep"]] == [1, 8, 32]
+    cells = [(1, 4), (1, 16), (32, 4), (32, 16)]  # batch sizes 1, 32 x concurrencies 4, 16, the default first
+    assert [(s["batch_size"], s["concurrency"]) for s in rep["details"]["candidate"]["sweep"]] == cells
+    assert [(c["batchSize"], c["concurrency"]) for c in rep["sweep"]["cells"]] == cells
+    assert "32 x 16" in out.stdout and "32 x 16" in (tmp_path / "r" / "report.md").read_text()
     page = (tmp_path / "r" / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "Decision" in page
     text = metrics.read_text()

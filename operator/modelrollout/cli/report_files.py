@@ -18,8 +18,11 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from modelrollout.core.report import (
     HEADER,
+    SWEEP_HEADER,
     Report,
     rows,
+    sweep_legend,
+    sweep_rows,
     to_json,
     to_markdown,
 )
@@ -50,14 +53,16 @@ def curves_plot(y_true: np.ndarray, scores: dict[str, np.ndarray]) -> str:
 
 
 def sweep_plot(sweeps: dict[str, list[dict[str, Any]]]) -> str:
+    """p99 and rows/s against batch size, one line per variant and concurrency."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    styles = ["o-", "s--", "^:", "d-."]
     for label, sw in sweeps.items():
-        bs = [r["batch_size"] for r in sw if r["requests"]]
-        a.plot(bs, [r["latency_ms"]["p99"] for r in sw if r["requests"]], "o-", label=f"{label} p99",
-               color=COLORS.get(label))
-        a.plot(bs, [r["latency_ms"]["p50"] for r in sw if r["requests"]], "o--", label=f"{label} p50",
-               color=COLORS.get(label))
-        b.plot(bs, [r["rows_per_s"] for r in sw if r["requests"]], "o-", label=label, color=COLORS.get(label))
+        concurrencies = list(dict.fromkeys(r["concurrency"] for r in sw))
+        for i, c in enumerate(concurrencies):
+            done = sorted((r for r in sw if r["requests"] and r["concurrency"] == c), key=lambda r: r["batch_size"])
+            bs, style, name = [r["batch_size"] for r in done], styles[i % len(styles)], f"{label} c={c}"
+            a.plot(bs, [r["latency_ms"]["p99"] for r in done], style, label=f"{name} p99", color=COLORS.get(label))
+            b.plot(bs, [r["rows_per_s"] for r in done], style, label=name, color=COLORS.get(label))
     for ax in (a, b):
         ax.set_xscale("log", base=2)
         ax.legend()
@@ -85,6 +90,11 @@ def write_report_dir(rep: Report, folder: Path, plots: dict[str, str]) -> dict[s
         "<tr>" + "".join(f"<td class='{html.escape(c)}'>{html.escape(c)}</td>" for c in r) + "</tr>"
         for r in rows(rep))
     head = "".join(f"<th>{h}</th>" for h in HEADER)
+    sw = rep.evidence.sweep
+    sweep = "" if sw is None else (
+        "<h2>Load sweep</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in SWEEP_HEADER) + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in sweep_rows(sw))
+        + f"</table><p>{html.escape(sweep_legend(sw))}</p>")
     imgs = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
                    for title, b64 in plots.items())
     verdict = "promote" if rep.decision.promote else "reject"
@@ -94,7 +104,7 @@ td,th{{border:1px solid #ddd;padding:3px 8px;text-align:right}}td:first-child{{t
 .Pass{{color:#080}}.Fail{{color:#b00;font-weight:bold}}.Inconclusive{{color:#b60}}
 .promote{{color:#080}}.reject{{color:#b00}}</style></head><body>
 <h1>Decision: <span class="{verdict}">{html.escape(str(rep.decision.outcome))}</span></h1>
-<p>{html.escape(rep.decision.reason)}</p><table><tr>{head}</tr>{table}</table>{imgs}
+<p>{html.escape(rep.decision.reason)}</p><table><tr>{head}</tr>{table}</table>{sweep}{imgs}
 </body></html>
 """)
     return paths

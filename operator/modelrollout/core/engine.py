@@ -13,6 +13,7 @@ from modelrollout.core.gates import Evidence, decide, evaluate
 from modelrollout.core.quality import Comparison, Interval, compare, encode
 from modelrollout.core.report import Report
 from modelrollout.core.spec import Gate, QualitySettings
+from modelrollout.core.sweep import Cell, CellFigures, Sweep
 from modelrollout.core.windows import Windows, paired
 
 
@@ -33,6 +34,7 @@ class SystemFigures:
     samples: Mapping[str, int]
     intervals: Mapping[str, Interval] | None = None
     windows: Mapping[str, Windows] | None = None  # figures measured window by window, for intervals
+    cells: Mapping[Cell, CellFigures] | None = None  # the load sweep, the default cell first
 
 
 def score_quality(
@@ -92,7 +94,9 @@ def build_report(
             iv = w.interval(level)
             if iv is not None:
                 dst[k] = iv
-    ev = Evidence(cand, base, intervals, delta_iv, samples, dists, delta_dists, why, windows, delta_windows)
+    sweep = (Sweep(candidate_system.cells, baseline_system.cells if baseline_system else None)
+             if candidate_system is not None and candidate_system.cells else None)
+    ev = Evidence(cand, base, intervals, delta_iv, samples, dists, delta_dists, why, windows, delta_windows, sweep)
     results = evaluate(gates, ev)
     return Report(
         task=task, evidence=ev, gates=results, decision=decide(results),

@@ -35,6 +35,12 @@ WINDOWED: Final[tuple[str, ...]] = (
     "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_p999_ms",
     "throughput_rps", "memory_peak_mib", "cpu_percent",
 )
+#: system figures each cell of the load sweep (batch size x concurrency) has, so a gate may name a cell
+#: (core/sweep.py); memory, CPU, capacity and the leak probe are per variant, not per cell
+PER_CELL: Final[tuple[str, ...]] = (
+    "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_p999_ms",
+    "latency_max_ms", "throughput_rps", "error_rate_percent",
+)
 #: seconds of warm-up (new connections) before each load window but a variant's first
 WINDOW_WARMUP: Final = 0.25
 

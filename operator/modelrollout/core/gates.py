@@ -18,6 +18,7 @@ import numpy as np
 from modelrollout.core.figures import higher_is_better
 from modelrollout.core.quality import FloatArray, Interval, percentile_interval
 from modelrollout.core.spec import Gate
+from modelrollout.core.sweep import Cell, Sweep
 from modelrollout.core.windows import WINDOWED, Windows
 
 
@@ -44,6 +45,7 @@ class Evidence:
     # system figures measured in load windows (the candidate's, and paired candidate - baseline)
     windows: Mapping[str, Windows] = field(default_factory=dict)
     delta_windows: Mapping[str, Windows] = field(default_factory=dict)
+    sweep: Sweep | None = None  # every load cell of both variants, for gates that name a cell
 
     def interval(self, metric: str, level: float, paired: bool) -> Interval | None:
         dist = (self.delta_distributions if paired else self.distributions).get(metric)
@@ -73,6 +75,12 @@ class GateResult:
     confidence: float | None = None
     samples: int | None = None
     dry_run: bool = False
+    cell: Cell | None = None  # the load cell a gate named (its missing half the default cell's)
+
+    @property
+    def name(self) -> str:
+        """The figure as messages name it: with its cell when the gate named one."""
+        return self.metric if self.cell is None else f"{self.metric} at {self.cell}"
 
     @property
     def passed(self) -> bool:
@@ -113,47 +121,80 @@ def evaluate_gate(index: int, gate: Gate, ev: Evidence) -> list[GateResult]:
     return [_check(index, gate, bound, threshold, ev) for bound, threshold in _bounds(gate)]
 
 
+def _cell(gate: Gate, ev: Evidence) -> Cell | None:
+    """The sweep cell a gate names, its missing half the default cell's; None when it names none."""
+    if not gate.names_cell or ev.sweep is None:
+        return None
+    d = ev.sweep.default
+    return Cell(gate.batch_size or d.batch_size, gate.concurrency or d.concurrency)
+
+
+def _figures(ev: Evidence, cell: Cell | None, baseline: bool) -> Mapping[str, float] | None:
+    if cell is None:
+        return ev.baseline if baseline else ev.candidate
+    f = ev.sweep.figures(cell, baseline) if ev.sweep else None
+    return None if f is None else f.figures()
+
+
 def _check(index: int, gate: Gate, bound: str, threshold: float, ev: Evidence) -> GateResult:
-    m = gate.metric
-    value = _value(ev.candidate, m)
-    base = _value(ev.baseline, m)
+    m, cell = gate.metric, _cell(gate, ev)
+    value = _value(_figures(ev, cell, False), m)
+    base = _value(_figures(ev, cell, True), m)
+    # only the default cell runs in load windows: the figures a gate naming no cell reads, with intervals
+    windowed = cell is None or (ev.sweep is not None and cell == ev.sweep.default)
+    in_cell = ev.sweep.figures(cell) if ev.sweep and cell else None
     r = GateResult(
         index=index, metric=m, bound=bound, threshold=threshold, verdict=Verdict.INCONCLUSIVE,
         message="", value=value, baseline=base, delta=None if value is None or base is None else value - base,
-        interval=ev.intervals.get(m), confidence=gate.confidence, samples=ev.samples.get(m),
-        dry_run=gate.dry_run,
+        interval=ev.intervals.get(m) if windowed else None, confidence=gate.confidence,
+        samples=in_cell.samples(m) if in_cell else ev.samples.get(m), dry_run=gate.dry_run, cell=cell,
     )
+    name = r.name
+    if gate.names_cell and ev.sweep is None:
+        named = ", ".join(f"{k} {v}" for k, v in (("batch", gate.batch_size), ("concurrency", gate.concurrency)) if v)
+        return replace(r, message=f"{m} at {named} has no value: no load sweep was measured")
+    if cell is not None and in_cell is None:
+        return replace(r, message=f"{name} has no value: that cell is not in the load sweep "
+                       f"({ev.sweep.describe() if ev.sweep else ''})")
     if value is None:
-        return replace(r, message=ev.undefined.get(m) or f"{m} has no value (no data, or every measurement failed)")
+        why = ev.undefined.get(m) if cell is None else None
+        return replace(r, message=why or f"{name} has no value (no data, or every measurement failed)")
+    if gate.confidence is not None and not windowed:
+        return replace(r, message=f"{name} has no {gate.confidence:.0%} interval: it is measured once per variant, "
+                       f"only the default cell ({ev.sweep.default if ev.sweep else '?'}) in load windows")
     if bound in ("min", "max") and gate.confidence is not None:
         return _absolute(r, gate.confidence, ev)
+    # "latency_p99_ms 130 is above ...", or with a cell "latency_p99_ms at batch 8, concurrency 4 is 130, above ..."
+    said = f"{name} {_fmt(value)}" if cell is None else f"{name} is {_fmt(value)},"
     if bound == "min":
         ok = value >= threshold
-        return _verdict(r, ok, f"{m} {_fmt(value)} {'meets' if ok else 'is below'} the minimum {_fmt(threshold)}")
+        word = ("meets" if ok else "is below") if cell is None else ("meeting" if ok else "below")
+        return _verdict(r, ok, f"{said} {word} the minimum {_fmt(threshold)}")
     if bound == "max":
         ok = value <= threshold
-        return _verdict(r, ok, f"{m} {_fmt(value)} is {'within' if ok else 'above'} the maximum {_fmt(threshold)}")
+        word = ("is within" if ok else "is above") if cell is None else ("within" if ok else "above")
+        return _verdict(r, ok, f"{said} {word} the maximum {_fmt(threshold)}")
     return _relative(r, gate, value, base, ev)
 
 
 def _absolute(r: GateResult, confidence: float, ev: Evidence) -> GateResult:
     """A bound with confidence: Pass when the candidate's whole interval is inside it, Fail when wholly
     outside, Inconclusive when it straddles the bound."""
-    m, low_bound = r.metric, r.bound == "min"
+    m, name, low_bound = r.metric, r.name, r.bound == "min"
     iv = ev.interval(m, confidence, paired=False)
     if iv is None:
-        return replace(r, message=f"{m} has no {confidence:.0%} interval ({_why_none(ev, m)})")
+        return replace(r, message=f"{name} has no {confidence:.0%} interval ({_why_none(ev, m)})")
     r = replace(r, interval=iv)
     level, span = f"at {confidence:.0%} confidence", f"[{_fmt(iv.low)}, {_fmt(iv.high)}]"
     # strictly inside: an interval edge on the bound is the null's edge too (discrete figures land there)
     inside, outside = (iv.low > r.threshold, iv.high < r.threshold) if low_bound else \
         (iv.high < r.threshold, iv.low > r.threshold)
-    name = f"the {'minimum' if low_bound else 'maximum'} {_fmt(r.threshold)}"
+    bound = f"the {'minimum' if low_bound else 'maximum'} {_fmt(r.threshold)}"
     if inside:
-        return _verdict(r, True, f"{level} {m} is in {span}, which meets {name}")
+        return _verdict(r, True, f"{level} {name} is in {span}, which meets {bound}")
     if outside:
-        return _verdict(r, False, f"{level} {m} is in {span}, which misses {name}")
-    return replace(r, message=f"{level} {m} is in {span}, which straddles {name}: not enough evidence either "
+        return _verdict(r, False, f"{level} {name} is in {span}, which misses {bound}")
+    return replace(r, message=f"{level} {name} is in {span}, which straddles {bound}: not enough evidence either "
                    f"way{_rows_hint(ev, m, iv, abs((iv.low + iv.high) / 2 - r.threshold))}")
 
 
@@ -162,26 +203,26 @@ def _verdict(r: GateResult, ok: bool, message: str) -> GateResult:
 
 
 def _relative(r: GateResult, gate: Gate, value: float, base: float | None, ev: Evidence) -> GateResult:
-    m, bound, threshold = r.metric, r.bound, r.threshold
+    m, name, bound, threshold = r.metric, r.name, r.bound, r.threshold
     if base is None:
-        why = ev.undefined.get(m)
-        return replace(r, message=why or f"{m} has no baseline value to compare with")
+        why = ev.undefined.get(m) if r.cell is None else None
+        return replace(r, message=why or f"{name} has no baseline value to compare with")
     drop = bound.startswith("maxDrop")
     percent = bound.endswith("Percent")
     change = (base - value) if drop else (value - base)  # the change in the direction this bound limits
     scale = abs(base) / 100 if percent else 1.0
     if scale == 0:
-        return replace(r, message=f"{m} baseline is 0, so a percent change is undefined")
+        return replace(r, message=f"{name} baseline is 0, so a percent change is undefined")
     allowed = threshold * scale
     unit = "%" if percent else ""
     word = "drop" if drop else "increase"
     limit = f"at most {_fmt(threshold)}{unit} allowed"
     if gate.confidence is None:
-        return _verdict(r, change <= allowed, f"{m} {word}s by {_fmt(change / scale)}{unit} against the "
+        return _verdict(r, change <= allowed, f"{name} {word}s by {_fmt(change / scale)}{unit} against the "
                         f"baseline ({_fmt(base)} → {_fmt(value)}); {limit}")
     iv = ev.interval(m, gate.confidence, paired=True)
     if iv is None:
-        return replace(r, message=f"{m} has no paired {gate.confidence:.0%} interval against the baseline "
+        return replace(r, message=f"{name} has no paired {gate.confidence:.0%} interval against the baseline "
                        f"({_why_none(ev, m)})")
     r = replace(r, interval=iv)
     # worst and best plausible change in the limited direction, from the paired interval
@@ -190,10 +231,10 @@ def _relative(r: GateResult, gate: Gate, value: float, base: float | None, ev: E
     level = f"at {gate.confidence:.0%} confidence"
     span = f"(candidate − baseline in [{_fmt(iv.low)}, {_fmt(iv.high)}])"
     if worst < allowed:
-        return _verdict(r, True, f"{level} {m} {word}s by at most {_fmt(worst / scale)}{unit} {span}; {limit}")
+        return _verdict(r, True, f"{level} {name} {word}s by at most {_fmt(worst / scale)}{unit} {span}; {limit}")
     if best > allowed:
-        return _verdict(r, False, f"{level} {m} {word}s by at least {_fmt(best / scale)}{unit} {span}; {limit}")
-    return replace(r, message=f"{level} {m} may {word} by more than {_fmt(threshold)}{unit} {span}: "
+        return _verdict(r, False, f"{level} {name} {word}s by at least {_fmt(best / scale)}{unit} {span}; {limit}")
+    return replace(r, message=f"{level} {name} may {word} by more than {_fmt(threshold)}{unit} {span}: "
                    f"not enough evidence either way{_rows_hint(ev, m, iv, abs((worst + best) / 2 - allowed))}")
 
 

@@ -8,13 +8,18 @@ JSON schema `modelrollout.dev/report/v1` (the operator, the exporter and CI read
     figures       [{name, candidate, baseline, delta, interval, deltaInterval}], numbers or null;
                   an interval is {low, high, level, resamples}
     gates         [{index, metric, bound, threshold, value, baseline, delta, interval, confidence,
-                    samples, verdict: "Pass" | "Fail" | "Inconclusive", dryRun, message, detectable}];
+                    samples, verdict: "Pass" | "Fail" | "Inconclusive", dryRun, message, detectable,
+                    batchSize, concurrency}]; batchSize and concurrency: the load cell the gate named, else null;
                   with confidence, `interval` is the one the gate decided on (paired candidate -
                   baseline for a relative bound) at its own level, and `detectable` its half-width:
                   the smallest change this hold-out can tell from none at that confidence
     candidate     {metrics, undefined, slices, confusionMatrix} ; baseline: the same, or null;
                   `undefined` says why each null figure has no value
     dataQuality   {rows, columns, missing, duplicateRows, labels}
+    sweep         the load sweep, or null: {batchSizes, concurrencies, default: {batchSize, concurrency},
+                  cells: [{batchSize, concurrency, default, candidate, baseline}]}, each variant's cell
+                  {requests, errors, seconds, latencyMs, latencyPerSampleMs (by p50 p90 p95 p99 p999 max),
+                  throughputRps, rowsPerS, errorRatePercent, cpuPercent} (baseline null without one)
     details       free-form sections (probe curves, capacity); not covered by the schema
 
 Fields are only ever added to v1, never renamed or removed.
@@ -23,12 +28,13 @@ Fields are only ever added to v1, never renamed or removed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from modelrollout.core.gates import Decision, Evidence, GateResult, detectable, worse
 from modelrollout.core.quality import Interval, QualityReport
+from modelrollout.core.sweep import CellFigures, Sweep
 
 SCHEMA = "modelrollout.dev/report/v1"
 
@@ -85,6 +91,7 @@ def gate_dict(r: GateResult) -> dict[str, Any]:
         "interval": _iv(r.interval), "confidence": r.confidence, "samples": r.samples,
         "verdict": str(r.verdict), "dryRun": r.dry_run, "message": r.message,
         "detectable": _num(detectable(r.interval)) if r.confidence is not None and r.interval else None,
+        "batchSize": r.cell.batch_size if r.cell else None, "concurrency": r.cell.concurrency if r.cell else None,
     }
 
 
@@ -109,6 +116,7 @@ def to_json(rep: Report) -> dict[str, Any]:
         "baseline": _quality(rep.baseline_quality),
         "dataQuality": dict(rep.data_quality),
         "details": dict(rep.details),
+        "sweep": ev.sweep.as_dict() if ev.sweep else None,
     }
 
 
@@ -142,19 +150,24 @@ def _f(v: float | None) -> str:
     return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
 
 
+def _delta(metric: str, c: float | None, b: float | None) -> str:
+    delta = c - b if c is not None and b is not None and math.isfinite(c - b) else None
+    if delta is None:
+        return "-"
+    return f"{'+' if delta >= 0 else ''}{_f(delta)}" + (" ▼" if worse(metric, delta) and delta != 0 else "")
+
+
 def rows(rep: Report) -> list[list[str]]:
     """candidate | baseline | delta | interval | gate | verdict, one row per figure or gate check."""
     ev = rep.evidence
     by_metric: dict[str, list[GateResult]] = {}
-    for r in rep.gates:
-        by_metric.setdefault(r.metric, []).append(r)
+    for r in rep.gates:  # a gate naming a load cell gets a row of its own: the cell's figure
+        by_metric.setdefault(r.name, []).append(r)
     out = []
     for name in rep.figure_names():
         c = ev.candidate.get(name)
         b = (ev.baseline or {}).get(name)
-        delta = c - b if c is not None and b is not None and math.isfinite(c - b) else None
-        d = "-" if delta is None else f"{'+' if delta >= 0 else ''}{_f(delta)}" + (" ▼" if worse(name, delta) and
-                                                                                    delta != 0 else "")
+        d = _delta(name, c, b)
         iv = ev.intervals.get(name)
         own = "-" if iv is None else f"[{_f(iv.low)}, {_f(iv.high)}]"
         checks = by_metric.pop(name, [])
@@ -167,10 +180,40 @@ def rows(rep: Report) -> list[list[str]]:
                 out.append([name, _f(c), _f(b), d, interval, gate, str(r.verdict)])
             else:
                 out.append(["", "", "", "", interval, gate, str(r.verdict)])
-    for name, checks in by_metric.items():  # gates on figures nobody produced
-        for r in checks:
-            out.append([name, "-", "-", "-", "-", f"{r.bound} {_f(r.threshold)}", str(r.verdict)])
+    for name, checks in by_metric.items():  # gates on a load cell's figure, or on figures nobody produced
+        for i, r in enumerate(checks):
+            gate = f"{r.bound} {_f(r.threshold)}" + (" (dry run)" if r.dry_run else "")
+            cells = [name, _f(r.value), _f(r.baseline), _delta(r.metric, r.value, r.baseline)] if i == 0 else \
+                ["", "", "", ""]
+            out.append([*cells, _decided_on(r) or ("-" if i == 0 else ""), gate, str(r.verdict)])
     return out
+
+
+SWEEP_HEADER = ["batch x concurrency", "p99 per sample, ms", "rows/s", "errors, %"]
+
+
+def sweep_rows(sw: Sweep) -> list[list[str]]:
+    """The performance table, one row per cell: candidate / baseline in each column."""
+    def pair(cand: CellFigures, base: CellFigures | None, get: Callable[[CellFigures], float | None]) -> str:
+        if sw.baseline is None:
+            return _f(get(cand))
+        return f"{_f(get(cand))} / {_f(get(base)) if base is not None else '-'}"
+
+    def p99(f: CellFigures) -> float | None:
+        return f.per_sample_ms().get("p99")
+
+    out = []
+    for cell, f in sw.candidate.items():
+        b = sw.figures(cell, baseline=True)
+        out.append([f"{cell.batch_size} x {cell.concurrency}" + (" *" if cell == sw.default else ""),
+                    pair(f, b, p99), pair(f, b, lambda x: x.rows_per_s), pair(f, b, lambda x: x.error_rate_percent)])
+    return out
+
+
+def sweep_legend(sw: Sweep) -> str:
+    who = "candidate / baseline" if sw.baseline is not None else "candidate"
+    return (f"load sweep ({who}); per sample: a request's latency / its batch size; *: the default cell, run in "
+            "interleaved windows, whose figures the gates naming no cell read")
 
 
 def _decided_on(r: GateResult) -> str | None:
@@ -186,12 +229,19 @@ LEGEND = ("interval: the candidate's own, or the one a confidence gate decided o
           "(Δ[...]: paired, candidate − baseline); ▼: worse than the baseline")
 
 
-def to_text(rep: Report) -> str:
-    table = [HEADER, *rows(rep)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
+def _columns(header: list[str], body: list[list[str]]) -> list[str]:
+    table = [header, *body]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += [LEGEND, ""]
+    return lines
+
+
+def to_text(rep: Report) -> str:
+    lines = [*_columns(HEADER, rows(rep)), LEGEND, ""]
+    sw = rep.evidence.sweep
+    if sw is not None:
+        lines += [*_columns(SWEEP_HEADER, sweep_rows(sw)), sweep_legend(sw), ""]
     lines.append(f"decision: {rep.decision.outcome} ({rep.decision.reason})")
     return "\n".join(lines)
 
@@ -204,10 +254,15 @@ def to_markdown(rep: Report) -> str:
         r = [*r[:6], icon.get(r[6], r[6])]
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
     out += ["", LEGEND]
+    sw = rep.evidence.sweep
+    if sw is not None:
+        out += ["", "| " + " | ".join(SWEEP_HEADER) + " |", "|" + "---|" * len(SWEEP_HEADER)]
+        out += ["| " + " | ".join(r) + " |" for r in sweep_rows(sw)]
+        out += ["", sweep_legend(sw)]
     failing = [g for g in rep.gates if not g.passed]
     if failing:
         out += ["", "**Gates not passed**", ""]
-        out += [f"- `{g.metric}` {g.bound} {g.threshold:g}: {g.message}" for g in failing]
+        out += [f"- `{g.name}` {g.bound} {g.threshold:g}: {g.message}" for g in failing]
     dq = rep.data_quality
     if dq:
         out += ["", f"Hold-out: {dq.get('rows')} rows, {dq.get('duplicateRows', 0)} duplicate rows."]

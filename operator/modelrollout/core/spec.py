@@ -18,15 +18,25 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
-from modelrollout.core.figures import SYSTEM, TASKS, WINDOW_WARMUP, WINDOWED, Task, figures_for, task_for_metric
+from modelrollout.core.figures import (
+    PER_CELL,
+    SYSTEM,
+    TASKS,
+    WINDOW_WARMUP,
+    WINDOWED,
+    Task,
+    figures_for,
+    task_for_metric,
+)
 from modelrollout.core.promotion import Canary as Canary
 from modelrollout.core.promotion import CanaryStep as CanaryStep
 from modelrollout.core.promotion import GatewayAPI as GatewayAPI
 from modelrollout.core.promotion import Promotion as Promotion
 from modelrollout.core.promotion import PromQLGate as PromQLGate
 from modelrollout.core.promotion import TrafficRouting as TrafficRouting
-from modelrollout.core.specbase import _DNS1123, HOUR, MIB, MINUTE, Name, _bytes, _dur, _err, _Model
+from modelrollout.core.specbase import _DNS1123, HOUR, MIB, MINUTE, Name, _bytes, _dur, _err, _Model, _problems
 from modelrollout.core.specbase import API_VERSION as API_VERSION
 from modelrollout.core.specbase import GROUP as GROUP
 from modelrollout.core.specbase import KIND as KIND
@@ -137,8 +147,10 @@ class Holdout(_Model):
 class Load(_Model):
     duration: Annotated[float, _dur(HOUR)] = 20.0
     warmup: Annotated[float, _dur(10 * MINUTE)] = 2.0
-    concurrency: int = Field(8, ge=1, le=1024)
-    batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1)] = [1]
+    concurrency: int = Field(8, ge=1, le=1024)  # the default cell's
+    # the sweep's further concurrencies: every batch size runs at each (a CRD field cannot be int-or-list)
+    concurrencies: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(max_length=16)] = []
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1, max_length=16)] = [1]
     mode: Literal["closed", "open"] = "closed"
     rate: float | None = Field(None, gt=0, le=1_000_000)
     leak_requests: int = Field(20000, ge=0, le=1_000_000)
@@ -148,7 +160,28 @@ class Load(_Model):
     def _rate(self) -> Load:
         if self.mode == "open" and self.rate is None:
             raise _err("load_rate", "mode 'open' needs a rate (requests per second)")
+        if self.mode == "open" and self.concurrencies:
+            raise _err("load_axis", f"concurrencies {self.concurrencies} sweep closed-loop workers; mode 'open' "
+                       "sends at load.rate whatever the concurrency: remove concurrencies or use mode 'closed'")
+        axis = self.concurrency_axis
+        again = sorted({c for c in axis if axis.count(c) > 1})
+        if again:
+            raise _err("load_axis", f"concurrencies {self.concurrencies} repeat {again} (load.concurrency is "
+                       f"{self.concurrency}, the default cell's): each concurrency once")
+        again = sorted({b for b in self.batch_sizes if self.batch_sizes.count(b) > 1})
+        if again:
+            raise _err("load_axis", f"batchSizes {self.batch_sizes} repeat {again}: each batch size once")
         return self
+
+    @property
+    def concurrency_axis(self) -> list[int]:
+        """The swept concurrencies: the default cell's first."""
+        return [self.concurrency, *self.concurrencies]
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        """Every (batch size, concurrency) of the sweep, the default cell first, then batch-major."""
+        return [(b, c) for b in self.batch_sizes for c in self.concurrency_axis]
 
 
 class Capacity(_Model):
@@ -173,6 +206,9 @@ class Gate(_Model):
     max_increase_percent: float | None = Field(None, ge=0)
     confidence: float | None = Field(None, gt=0.5, lt=1)
     dry_run: bool = False
+    # the load cell whose figure is gated; either missing is the default cell's (spec.load)
+    batch_size: int | None = Field(None, ge=1, le=65536)
+    concurrency: int | None = Field(None, ge=1, le=1024)
 
     @field_validator("metric")
     @classmethod
@@ -186,6 +222,10 @@ class Gate(_Model):
         if task not in TASKS and not any(v in figures_for(t) for t in TASKS):
             raise _err("metric", f"{v!r} is not a known metric")
         return v
+
+    @property
+    def names_cell(self) -> bool:
+        return self.batch_size is not None or self.concurrency is not None
 
     @property
     def relative(self) -> bool:
@@ -206,6 +246,9 @@ class Gate(_Model):
         if self.confidence is not None and self.metric in SYSTEM and self.metric not in WINDOWED:
             raise _err("gate_confidence", f"confidence needs a figure with an interval, and {self.metric!r} has "
                        f"none (quality figures, slice gaps and {', '.join(WINDOWED)} have one): remove confidence")
+        if self.names_cell and self.metric not in PER_CELL:
+            raise _err("gate_cell", f"{self.metric!r} is not measured per load cell, so batchSize and concurrency "
+                       f"do not apply (they do to {', '.join(PER_CELL)})")
         ctx = info.context or {}
         if self.relative and ctx.get("has_baseline") is False:
             raise _err("gate_baseline", f"{self.metric!r} has a relative bound but no baseline was given")
@@ -226,16 +269,45 @@ class ModelRolloutSpec(_Model):
     promotion: Promotion = Promotion()
 
     @model_validator(mode="after")
-    def _evaluation_fits(self) -> ModelRolloutSpec:
+    def _load_plan(self) -> ModelRolloutSpec:
+        """Gates name cells of the sweep, and the sweep fits the evaluation's deadline; all problems at once."""
+        errors = [e for i, g in enumerate(self.gates) if (e := _cell_error(i, g, self.load)) is not None]
+        ld = self.load
         # each window after a variant's first warms up again, briefly (new connections)
-        rewarm = max(0, self.load.windows - 1) * min(self.load.warmup, WINDOW_WARMUP)
-        planned = 2 * (len(self.load.batch_sizes) * (self.load.warmup + self.load.duration) + rewarm)
+        rewarm = max(0, ld.windows - 1) * min(ld.warmup, WINDOW_WARMUP)
+        planned = 2 * (len(ld.cells) * (ld.warmup + ld.duration) + rewarm)
         if self.staging.evaluation_timeout < planned:
-            raise _err("eval_timeout", f"staging.evaluationTimeout ({format_duration(self.staging.evaluation_timeout)})"
-                       f" is shorter than the load plan alone (2 variants x {len(self.load.batch_sizes)} batch sizes"
-                       f" x (warmup + duration) + {max(0, self.load.windows - 1)} load windows' re-warm-up per variant"
-                       f" = {format_duration(math.ceil(planned))})")
+            errors.append(InitErrorDetails(type=_err(
+                "eval_timeout", f"staging.evaluationTimeout ({format_duration(self.staging.evaluation_timeout)})"
+                f" is shorter than the load plan alone (2 variants x {len(ld.cells)} load cells ("
+                f"{len(ld.batch_sizes)} batch sizes x {len(ld.concurrency_axis)} concurrencies) x (warmup + duration)"
+                f" + {max(0, ld.windows - 1)} load windows' re-warm-up per variant"
+                f" = {format_duration(math.ceil(planned))})"), loc=(), input=self.staging.evaluation_timeout))
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
+
+
+def _cell_error(index: int, gate: Gate, load: Load) -> InitErrorDetails | None:
+    """A gate's cell must be in the sweep, and only the default cell (the windowed one) has intervals."""
+    if not gate.names_cell:
+        return None
+    b, c = gate.batch_size or load.batch_sizes[0], gate.concurrency or load.concurrency
+    sweep = f"batch sizes {load.batch_sizes} x concurrencies {load.concurrency_axis}"
+    bad = [f for f, ok in (("batchSize", b in load.batch_sizes), ("concurrency", c in load.concurrency_axis))
+           if not ok]
+    where: tuple[str | int, ...] = ("gates", index, *bad[:1]) if len(bad) == 1 else ("gates", index)
+    if bad:
+        return InitErrorDetails(type=_err("gate_cell", f"batch {b}, concurrency {c} is not a cell of the load sweep "
+                                          f"({sweep}: load.batchSizes x load.concurrency and load.concurrencies)"),
+                                loc=where, input=b if bad == ["batchSize"] else c)
+    default = (load.batch_sizes[0], load.concurrency)
+    if gate.confidence is not None and (b, c) != default:
+        return InitErrorDetails(type=_err(
+            "gate_confidence", f"batch {b}, concurrency {c} is measured once per variant, not in load windows, so "
+            f"its figures have no interval: remove confidence, or gate the default cell (batch {default[0]}, "
+            f"concurrency {default[1]})"), loc=("gates", index, "confidence"), input=gate.confidence)
+    return None
 
 
 class GatesFile(_Model):
@@ -248,45 +320,6 @@ class GatesFile(_Model):
 
 def _snake(name: str) -> str:
     return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
-
-
-def _path(loc: tuple[int | str, ...], prefix: str) -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part.startswith(("function-", "tagged-union", "union[")) or part in {"str", "int", "float"}:
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(root)"
-
-
-def _problems(err: ValidationError, prefix: str) -> list[Problem]:
-    out: list[Problem] = []
-    for e in err.errors(include_url=False):
-        loc, kind, msg = tuple(e["loc"]), e["type"], e["msg"]
-        value = e.get("input")
-        if kind == "extra_forbidden":
-            msg = f"unknown field (value: {short(value)})"
-        elif kind == "missing":
-            msg = "is required"
-        elif kind == "literal_error":
-            msg = f"{short(value)} is not one of {msg.split('Input should be ', 1)[-1][:200]}"
-        elif kind in {
-            "metric", "duration", "size", "name", "holdout_source", "holdout_columns", "load_rate",
-            "gate_bound", "gate_range", "gate_confidence", "gate_baseline", "canary_weights", "canary_routing",
-            "eval_timeout",
-        }:
-            pass
-        else:
-            msg = f"{msg[:1].lower()}{msg[1:200]} (got {short(value)})"
-        problem = Problem(_path(loc, prefix)[:200], msg)
-        if problem not in out:
-            out.append(problem)
-    if len(out) > MAX_PROBLEMS:  # a list of a million bad gates is one message, not a million lines
-        out = [*out[:MAX_PROBLEMS], Problem("(more)", f"{len(out) - MAX_PROBLEMS} more problems not shown")]
-    return out
 
 
 def _task_of(raw: Any) -> str | None:

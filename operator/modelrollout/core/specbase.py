@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -79,3 +79,42 @@ class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=False
     )
+
+
+def _path(loc: tuple[int | str, ...], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union", "union[")) or part in {"str", "int", "float"}:
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def _problems(err: ValidationError, prefix: str) -> list[Problem]:
+    out: list[Problem] = []
+    for e in err.errors(include_url=False):
+        loc, kind, msg = tuple(e["loc"]), e["type"], e["msg"]
+        value = e.get("input")
+        if kind == "extra_forbidden":
+            msg = f"unknown field (value: {short(value)})"
+        elif kind == "missing":
+            msg = "is required"
+        elif kind == "literal_error":
+            msg = f"{short(value)} is not one of {msg.split('Input should be ', 1)[-1][:200]}"
+        elif kind in {
+            "metric", "duration", "size", "name", "holdout_source", "holdout_columns", "load_rate",
+            "gate_bound", "gate_range", "gate_confidence", "gate_baseline", "canary_weights", "canary_routing",
+            "eval_timeout", "load_axis", "gate_cell",
+        }:
+            pass
+        else:
+            msg = f"{msg[:1].lower()}{msg[1:200]} (got {short(value)})"
+        problem = Problem(_path(loc, prefix)[:200], msg)
+        if problem not in out:
+            out.append(problem)
+    if len(out) > MAX_PROBLEMS:  # a list of a million bad gates is one message, not a million lines
+        out = [*out[:MAX_PROBLEMS], Problem("(more)", f"{len(out) - MAX_PROBLEMS} more problems not shown")]
+    return out
