@@ -1,7 +1,7 @@
 """Figures and verdicts as Prometheus metrics, shared by the CLI and the operator.
 
 Figure names carry their unit (`latency_p99_ms`); Prometheus wants base units, so the
-exporter converts: `_ms` -> `_seconds`, `_mib` -> `_bytes`, `_percent` -> `_ratio`,
+exporter converts: `_ms` -> `_seconds`, `_mib` -> `_bytes`, `_percent` -> `_ratio`, `_s` -> `_seconds`,
 `_rps` -> `_requests_per_second`. Every figure is `modelrollout_<name>{rollout, namespace,
 variant}`; gates are `modelrollout_gate_{value,threshold,passed}` with the gate's labels.
 """
@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_t
 from modelrollout.core.report import Report
 
 _UNITS = [(r"_mib_per_10k_requests$", "_bytes_per_10k_requests", 2.0**20), (r"_ms$", "_seconds", 1e-3),
-          (r"_mib$", "_bytes", 2.0**20), (r"_percent$", "_ratio", 0.01), (r"_rps$", "_requests_per_second", 1.0)]
+          (r"_mib$", "_bytes", 2.0**20), (r"_percent$", "_ratio", 0.01), (r"_rps$", "_requests_per_second", 1.0),
+          (r"_s$", "_seconds", 1.0)]
 FIGURE_LABELS = ["rollout", "namespace", "variant"]
 GATE_LABELS = ["rollout", "namespace", "gate", "metric", "bound", "dry_run"]
 
