@@ -62,12 +62,12 @@ def test_evaluation_timeout_must_cover_the_load_plan() -> None:
     spec["load"] = {"duration": "10m", "warmup": "1m", "batchSizes": [1, 8, 32]}
     spec.setdefault("staging", {})["evaluationTimeout"] = "30m"
     assert ("is shorter than the load plan alone (2 variants x 3 load cells (3 batch sizes x 1 concurrencies) x "
-            "(warmup + duration) + 4 load windows' re-warm-up per variant = 66.0333m)") in errors(spec)
+            "(warmup + duration) + 4 load windows' re-warm-up per variant = 66m2s)") in errors(spec)
     spec["staging"]["evaluationTimeout"] = "2h"
     assert parse_spec(spec).staging.evaluation_timeout == 7200
     spec["load"]["concurrencies"] = [16]  # every batch size x concurrency cell counts: 6 of them
     assert ("(2 variants x 6 load cells (3 batch sizes x 2 concurrencies) x (warmup + duration) + 4 load windows' "
-            "re-warm-up per variant = 132.033m)") in errors(spec)
+            "re-warm-up per variant = 132m2s)") in errors(spec)
 
 
 def test_messages_quote_values_bounded() -> None:

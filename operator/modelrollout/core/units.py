@@ -60,4 +60,5 @@ def format_duration(seconds: float) -> str:
         return f"{seconds * 1000:g}ms"
     if seconds < 120:
         return f"{seconds:g}s"
-    return f"{seconds / 60:g}m"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s" if rest else f"{minutes}m"
