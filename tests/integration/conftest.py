@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -99,3 +100,31 @@ def start_server() -> Iterator[Callable[..., Server]]:
             p.wait(5)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+@contextlib.contextmanager
+def third_party_server(cmd: list[str], cwd: Path, log_path: Path, ready_url: str) -> Iterator[None]:
+    """A third-party model server (its own venv) as a child process, until `ready_url` answers 200; its log's
+    tail is the error when it dies or takes over two minutes. Always stopped."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=cwd)
+        try:
+            end = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > end:
+                    raise RuntimeError(log_path.read_text()[-3000:])
+                time.sleep(0.2)
+            yield
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

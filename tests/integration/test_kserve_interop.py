@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ from modelrollout.evaluation import Measured, Variant, evaluate_servers
 from modelrollout.holdout import prepare
 from modelrollout.probes.load import LoadConfig, run_load
 from modelrollout.serving.client import Endpoint, ModelClient, ServerError
-from tests.integration.conftest import Trained, free_port
+from tests.integration.conftest import Trained, free_port, third_party_server
 
 pytestmark = pytest.mark.integration
 VENV = Path(os.environ.get("MODELROLLOUT_KSERVE_VENV", Path.home() / ".cache/modelrollout/kserve-venv"))
@@ -109,31 +106,11 @@ def kserve(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     joblib.dump(trained.models["candidate"], d / "model.joblib")  # a file this test made itself
     (d / "serve.py").write_text(SERVER)
     port = free_port()
-    log = open(d / "kserve.log", "wb")  # noqa: SIM115
     args = [a for kv in MODELS.items() for a in kv]
-    proc = subprocess.Popen([str(VENV / "bin" / "python"), str(d / "serve.py"), str(d / "model.joblib"), str(port),
-                             *args], stdout=log, stderr=log, cwd=d)
     url = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError((d / "kserve.log").read_text()[-3000:])
-            time.sleep(0.1)
+    with third_party_server([str(VENV / "bin" / "python"), str(d / "serve.py"), str(d / "model.joblib"), str(port),
+                             *args], d, d / "kserve.log", url + "/v2/health/ready"):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _spec(model: str, positive: int, classes: list[int] | None, outputs: dict[str, Any] | None = None,

@@ -11,8 +11,6 @@ import asyncio
 import json
 import os
 import subprocess
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from modelrollout.core.quality import DataError, encode, metrics
 from modelrollout.probes.load import LoadConfig, run_load
 from modelrollout.serving.client import Endpoint, ModelClient
-from tests.integration.conftest import Server, Trained, free_port
+from tests.integration.conftest import Server, Trained, free_port, third_party_server
 
 pytestmark = pytest.mark.integration
 VENV = Path(os.environ.get("MODELROLLOUT_MLSERVER_VENV", Path.home() / ".cache/modelrollout/mlserver-venv"))
@@ -43,25 +41,10 @@ def mlserver(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iter
     (d / "model-settings.json").write_text(json.dumps({
         "name": "churn", "implementation": "mlserver_sklearn.SKLearnModel",
         "parameters": {"uri": "./model.joblib", "version": "v1"}}))
-    log = open(d / "mlserver.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([str(VENV / "bin" / "mlserver"), "start", str(d)], stdout=log, stderr=log, cwd=d)
     url = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/v2/models/churn/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError((d / "mlserver.log").read_text()[-3000:])
-            time.sleep(0.5)
+    with third_party_server([str(VENV / "bin" / "mlserver"), "start", str(d)], d, d / "mlserver.log",
+                            url + "/v2/models/churn/ready"):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def test_our_client_reads_mlserver_predictions_and_probabilities(trained: Trained, mlserver: str) -> None:

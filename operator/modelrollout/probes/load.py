@@ -368,10 +368,6 @@ def run_load(cfg: LoadConfig) -> LoadResult:
         return g.run(cfg)
 
 
-async def run_load_async(cfg: LoadConfig) -> LoadResult:
-    return await asyncio.to_thread(run_load, cfg)
-
-
 def best_batch(results: list[LoadResult], p99_limit_ms: float | None) -> LoadResult | None:
     """The batch size with the most rows per second whose p99 still meets the latency limit."""
     ok = [r for r in results if r.requests and (p99_limit_ms is None or r.latency_ms.get("p99", 1e18) <= p99_limit_ms)]
