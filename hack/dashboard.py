@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 
-from grafana_foundation_sdk.builders import dashboard, prometheus, stat, statetimeline, table, timeseries
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, statetimeline, table, timeseries, xychart
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.dashboard import DataSourceRef
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, DataTransformerConfig, DynamicConfigValue
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+from grafana_foundation_sdk.models.xychart import ScatterShow, SeriesMapping
 
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'namespace=~"$namespace", rollout=~"$rollout"'
@@ -25,7 +27,7 @@ def q(expr: str, legend: str) -> prometheus.Dataquery:
 
 def queries() -> dict[str, list[str]]:
     """Every PromQL expression of the dashboard, by panel title (for the tests)."""
-    return {title: [t.build().expr for t in targets] for title, _, targets in PANELS}
+    return {p["title"]: [t["expr"] for t in p["targets"]] for p in json.loads(render())["panels"] if p.get("targets")}
 
 
 PANELS: list[tuple[str, str, list[prometheus.Dataquery]]] = [
@@ -50,6 +52,56 @@ PANELS: list[tuple[str, str, list[prometheus.Dataquery]]] = [
 ]
 
 
+# --- the load sweep: batch size x concurrency, one point per cell and variant (at the last evaluation) ----
+#: refId -> (metric, column, Grafana unit)
+SWEEP = {"p99s": ("modelrollout_sweep_latency_per_sample_p99_seconds", "p99 per sample", "s"),
+         "rows": ("modelrollout_sweep_rows_per_second", "rows/s", "rowsps"),
+         "rps": ("modelrollout_sweep_requests_per_second", "requests/s", "reqps"),
+         "err": ("modelrollout_sweep_error_ratio", "errors", "percentunit"),
+         "p99": ("modelrollout_sweep_latency_p99_seconds", "p99 per request", "s")}
+
+
+def sweep_target(ref: str, variant: str | None = None) -> prometheus.Dataquery:
+    """An instant query as a table: one row per cell, its labels as columns, joined with the others by `merge`."""
+    sel = SEL + (f', variant="{variant}"' if variant else "")
+    return prometheus.Dataquery().expr(f"{SWEEP[ref][0]}{{{sel}}}").instant().format(PromQueryFormat.TABLE).ref_id(ref)
+
+
+def sweep_columns(refs: list[str]) -> list[DataTransformerConfig]:
+    return [DataTransformerConfig(id_val="merge", options={}),
+            DataTransformerConfig(id_val="organize", options={
+                "excludeByName": {"Time": True, "__name__": True},
+                "renameByName": {f"Value #{r}": SWEEP[r][1] for r in refs}})]
+
+
+def sweep_panels() -> list[table.Panel | xychart.Panel]:
+    """Latency against throughput per variant (each point a cell: x rows/s, y p99 per sample), and the table."""
+    out: list[table.Panel | xychart.Panel] = []
+    for variant in ("candidate", "baseline"):
+        p = (xychart.Panel().title(f"Load sweep, {variant}: p99 per sample vs rows/s (a point per cell)")
+             .description("Each point is one batch size x concurrency cell of the last evaluation; hover for its "
+                          "batch_size and concurrency. Down and to the right is better.")
+             .datasource(DS).height(8).span(12).series_mapping(SeriesMapping.AUTO)
+             .dims(xychart.XYDimensionConfig().x("rows/s")).show(ScatterShow.POINTS).unit("s")
+             .override_by_name("rows/s", [DynamicConfigValue(id_val="unit", value="rowsps")]))
+        for ref in ("rows", "p99s"):
+            p = p.with_target(sweep_target(ref, variant))
+        for tr in sweep_columns(["rows", "p99s"]):
+            p = p.with_transformation(tr)
+        out.append(p)
+    cells = (table.Panel().title("Load sweep: every cell, candidate and baseline").datasource(DS).height(8).span(24)
+         .description("The batch size x concurrency table of the last evaluation; modelrollout_sweep_default_cell "
+                      "marks the cell the gates naming none read."))
+    for ref in SWEEP:
+        cells = cells.with_target(sweep_target(ref))
+    for tr in sweep_columns(list(SWEEP)):
+        cells = cells.with_transformation(tr)
+    for _, column, unit in SWEEP.values():
+        cells = cells.override_by_name(column, [DynamicConfigValue(id_val="unit", value=unit)])
+    out.append(cells)
+    return out
+
+
 def build() -> dashboard.Dashboard:
     d = (dashboard.Dashboard("modelrollout").uid("modelrollout").tags(["mlops", "modelrollout"])
          .refresh("30s").time("now-6h", "now")
@@ -66,6 +118,9 @@ def build() -> dashboard.Dashboard:
         for t in targets:
             p = p.with_target(t)
         d = d.with_panel(p)
+    d = d.with_row(dashboard.Row("Load sweep: batch size x concurrency"))
+    for sp in sweep_panels():
+        d = d.with_panel(sp)
     return d
 
 

@@ -3,7 +3,10 @@
 Figure names carry their unit (`latency_p99_ms`); Prometheus wants base units, so the
 exporter converts: `_ms` -> `_seconds`, `_mib` -> `_bytes`, `_percent` -> `_ratio`, `_s` -> `_seconds`,
 `_rps` -> `_requests_per_second`. Every figure is `modelrollout_<name>{rollout, namespace,
-variant}`; gates are `modelrollout_gate_{value,threshold,passed}` with the gate's labels.
+variant}`; gates are `modelrollout_gate_{value,threshold,passed}` with the gate's labels. The load
+sweep is `modelrollout_sweep_<figure>{rollout, namespace, variant, batch_size, concurrency}`, one
+series per cell (at most the spec's 16 batch sizes x 17 concurrencies), and
+`modelrollout_sweep_default_cell{rollout, namespace, batch_size, concurrency}` 1 marks the default cell.
 """
 
 from __future__ import annotations
@@ -11,16 +14,32 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from collections.abc import Callable, Collection
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
 from modelrollout.core.report import Report
+from modelrollout.core.sweep import CellFigures, Sweep
 
 _UNITS = [(r"_mib_per_10k_requests$", "_bytes_per_10k_requests", 2.0**20), (r"_ms$", "_seconds", 1e-3),
           (r"_mib$", "_bytes", 2.0**20), (r"_percent$", "_ratio", 0.01), (r"_rps$", "_requests_per_second", 1.0),
           (r"_s$", "_seconds", 1.0)]
 FIGURE_LABELS = ["rollout", "namespace", "variant"]
 GATE_LABELS = ["rollout", "namespace", "gate", "metric", "bound", "dry_run"]
+SWEEP_LABELS = ["rollout", "namespace", "variant", "batch_size", "concurrency"]
+#: per-cell gauges of the sweep: name -> (help, the figure in its base unit)
+SWEEP_FIGURES: dict[str, tuple[str, Callable[[CellFigures], float | None]]] = {
+    "modelrollout_sweep_latency_per_sample_p99_seconds": (
+        "p99 latency of a load cell per sample: a request's latency divided by its batch size.",
+        lambda f: _scaled(f.per_sample_ms().get("p99"), 1e-3)),
+    "modelrollout_sweep_latency_p99_seconds": ("p99 latency of a load cell per request.",
+                                               lambda f: _scaled(f.latency_ms.get("p99"), 1e-3)),
+    "modelrollout_sweep_rows_per_second": ("Rows (samples) per second a load cell answered.", lambda f: f.rows_per_s),
+    "modelrollout_sweep_requests_per_second": ("Requests per second a load cell answered.",
+                                               lambda f: f.throughput_rps),
+    "modelrollout_sweep_error_ratio": ("Share of a load cell's requests that failed.",
+                                       lambda f: _scaled(f.error_rate_percent, 0.01)),
+}
 
 
 def prom_name(figure: str) -> tuple[str, float]:
@@ -43,6 +62,11 @@ class FigureExporter:
         self.gate_inconclusive = self._gate("inconclusive", "1 if the gate had no data or not enough evidence.")
         self.promote = Gauge("modelrollout_decision_promote", "1 if the decision is to promote, else 0.",
                              ["rollout", "namespace"], registry=self.registry)
+        self.sweep = {name: Gauge(name, doc, SWEEP_LABELS, registry=self.registry)
+                      for name, (doc, _) in SWEEP_FIGURES.items()}
+        self.sweep_default = Gauge("modelrollout_sweep_default_cell",
+                                   "1 for the default cell of a rollout's load sweep (what gates naming no cell read).",
+                                   ["rollout", "namespace", "batch_size", "concurrency"], registry=self.registry)
 
     def _gate(self, name: str, doc: str) -> Gauge:
         return Gauge(f"modelrollout_gate_{name}", doc, GATE_LABELS, registry=self.registry)
@@ -70,23 +94,52 @@ class FigureExporter:
             self.gate_passed.labels(*labels).set(1.0 if r.passed else 0.0)
             self.gate_inconclusive.labels(*labels).set(1.0 if str(r.verdict) == "Inconclusive" else 0.0)
         self.promote.labels(rollout, namespace).set(1.0 if rep.decision.promote else 0.0)
+        self._observe_sweep(rep.evidence.sweep, rollout, namespace)
 
+    def _observe_sweep(self, sw: Sweep | None, rollout: str, namespace: str) -> None:
+        """One series per cell, variant and figure; a cell no longer swept (or without the figure) is dropped."""
+        kept: dict[str, set[tuple[str, ...]]] = {name: set() for name in self.sweep}
+        default: set[tuple[str, ...]] = set()
+        if sw is not None:
+            for variant, side in (("candidate", sw.candidate), ("baseline", sw.baseline or {})):
+                for cell, f in side.items():
+                    labels = (rollout, namespace, variant, str(cell.batch_size), str(cell.concurrency))
+                    for name, (_, get) in SWEEP_FIGURES.items():
+                        v = get(f)
+                        if v is not None and math.isfinite(v):
+                            self.sweep[name].labels(*labels).set(v)
+                            kept[name].add(labels)
+            d = (rollout, namespace, str(sw.default.batch_size), str(sw.default.concurrency))
+            self.sweep_default.labels(*d).set(1.0)
+            default.add(d)
+        for name, g in self.sweep.items():
+            forget_series([g], rollout, namespace, keep=kept[name])
+        forget_series([self.sweep_default], rollout, namespace, keep=default)
 
     def forget(self, rollout: str, namespace: str) -> None:
         """Remove every series of a deleted rollout, so dashboards and alerts stop showing it."""
         forget_series([*self._figures.values(), self.gate_value, self.gate_threshold, self.gate_passed,
-                       self.gate_inconclusive, self.promote], rollout, namespace)
+                       self.gate_inconclusive, self.promote, *self.sweep.values(), self.sweep_default],
+                      rollout, namespace)
 
 
-def forget_series(metrics: list[Gauge], rollout: str, namespace: str) -> None:
-    """Remove the children of labelled gauges whose `rollout` and `namespace` labels match."""
+def forget_series(metrics: list[Gauge], rollout: str, namespace: str,
+                  keep: Collection[tuple[str, ...]] = ()) -> None:
+    """Remove the children of labelled gauges whose `rollout` and `namespace` labels match (but those in `keep`,
+    label values in the gauge's label order)."""
     for metric in metrics:
         names = list(metric._labelnames)
         for family in metric.collect():
             for sample in family.samples:
                 if sample.labels.get("rollout") == rollout and sample.labels.get("namespace") == namespace:
-                    with contextlib.suppress(KeyError):
-                        metric.remove(*(sample.labels[n] for n in names))
+                    values = tuple(sample.labels[n] for n in names)
+                    if values not in keep:
+                        with contextlib.suppress(KeyError):
+                            metric.remove(*values)
+
+
+def _scaled(v: float | None, scale: float) -> float | None:
+    return None if v is None else v * scale
 
 
 def export(rep: Report, rollout: str, namespace: str, *, metrics_file: str | None = None,

@@ -20,7 +20,8 @@ from modelrollout.kube.api import Kube, run
 from modelrollout.opmetrics import OperatorMetrics
 
 log = logging.getLogger("modelrollout")
-RECORDS = frozenset({"candidate", "baseline", "gates", "capacity", "evaluation", "canary", "traffic"})
+RECORDS = frozenset({"candidate", "baseline", "gates", "capacity", "evaluation", "canary", "traffic",
+                     "sweep"})
 
 
 def now() -> datetime:

@@ -18,6 +18,7 @@ import yaml
 from modelrollout.core.engine import SystemFigures, build_report
 from modelrollout.core.figures import figures_for
 from modelrollout.core.spec import Gate
+from modelrollout.core.sweep import Cell, CellFigures
 from modelrollout.opmetrics import OperatorMetrics
 from tests.conftest import ROOT, Cluster
 from tests.e2e.conftest import Models, Operator, Prometheus, Scenario
@@ -149,8 +150,10 @@ def exported_names() -> set[str]:
     reg = CollectorRegistry()
     m = OperatorMetrics(reg)
     everything = {f: 1.0 for t in ("binary-classification", "regression") for f in figures_for(t)}  # type: ignore[arg-type]
+    cells = {Cell(1, 1): CellFigures(Cell(1, 1), 10, 1, 1.0, {"p99": 5.0})}  # the load sweep's series
     rep = build_report("binary-classification", [Gate.model_validate({"metric": "f1", "min": 0})], None,
-                       candidate_system=SystemFigures(everything, {}), baseline_system=SystemFigures(everything, {}))
+                       candidate_system=SystemFigures(everything, {}, cells=cells),
+                       baseline_system=SystemFigures(everything, {}, cells=cells))
     m.figures.observe(rep, "r", "ns")
     m.set_phase("r", "ns", "Pending")
     m.decisions.labels("ns", "Promoted").inc()

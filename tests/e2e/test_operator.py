@@ -39,6 +39,14 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models) -> None:
     assert st["candidate"]["intervals"]["f1"]["low"] <= st["candidate"]["metrics"]["f1"]
     # no metrics.k8s.io in this cluster: memory from the servers' own /metrics
     assert st["capacity"]["memorySource"] == {"candidate": "server /metrics", "baseline": "server /metrics"}
+    sweep = st["sweep"]  # the load sweep's table survived the API server's pruning, every field of it
+    assert sweep["default"] == {"batchSize": sweep["batchSizes"][0], "concurrency": sweep["concurrencies"][0]}
+    assert len(sweep["cells"]) == len(sweep["batchSizes"]) * len(sweep["concurrencies"]) and sweep["cellsOmitted"] == 0
+    for v in ("candidate", "baseline"):
+        c = sweep["cells"][0][v]
+        assert {"latencyPerSampleP99Ms", "latencyP99Ms", "rowsPerS", "throughputRps", "errorRatePercent",
+                "requests", "errors", "seconds"} <= set(c), c
+        assert c["rowsPerS"] > 0 and c["latencyPerSampleP99Ms"] > 0
     assert all(g["verdict"] == "Pass" for g in st["gates"]) and len(st["gates"]) == 5
     assert st["decision"]["result"] == "Promoted"
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
@@ -47,6 +55,7 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models) -> None:
     metrics = scenario.op.metrics()
     ns = scenario.ns
     assert f'modelrollout_f1{{namespace="{ns}",rollout="good",variant="candidate"}}' in metrics
+    assert f'modelrollout_sweep_rows_per_second{{batch_size="{sweep["batchSizes"][0]}"' in metrics
     assert f'modelrollout_rollout_phase{{namespace="{ns}",phase="Promoted",rollout="good"}} 1.0' in metrics
     assert f'modelrollout_gate_passed{{bound="min",dry_run="false",gate="0",metric="f1",namespace="{ns}"' in metrics
     events = scenario.cluster.kubectl("-n", ns, "get", "events", "--field-selector", "involvedObject.name=good").stdout

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from modelrollout.core.decide import ANNOTATION_ABORT, ANNOTATION_APPROVE, ANNOTATION_RETRY, ANNOTATION_UNDO, TERMINAL
-from modelrollout.core.report import from_status, to_text
+from modelrollout.core.report import STATUS_CELLS, from_status, to_text
 from modelrollout.kube.api import Kube, current_namespace
 
 
@@ -43,8 +43,12 @@ def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
     st = r.get("status") or {}
     print(f"{ns}/{args.name}: {st.get('phase', 'Pending')} ({st.get('reason', '')}) {st.get('message', '')}")
     print(f"target: Deployment {r['spec']['targetRef']['name']}; candidate: {r['spec'].get('candidate', {})}\n")
-    if st.get("gates"):
+    if st.get("gates"):  # with the load sweep's batch x concurrency table when status has one
         print(to_text(from_status(r["spec"]["task"], st)))
+    omitted = (st.get("sweep") or {}).get("cellsOmitted")
+    if omitted:
+        print(f"load sweep: {omitted} more cells than the {STATUS_CELLS} status keeps are not shown "
+              "(Prometheus has every cell: modelrollout_sweep_*)\n")
     for line in _canary_lines(st.get("canary") or {}):
         print(line)
     if st.get("traffic"):

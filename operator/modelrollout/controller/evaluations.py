@@ -21,7 +21,7 @@ from modelrollout import holdout_source
 from modelrollout.controller.settings import Settings
 from modelrollout.core.pods import PodProblems, pod_problems, time_to_ready
 from modelrollout.core.quality import DataError
-from modelrollout.core.report import gate_dict
+from modelrollout.core.report import gate_dict, sweep_status
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.core.text import cap
 from modelrollout.evaluation import Variant, evaluate_servers
@@ -140,6 +140,8 @@ class Evaluations:
                                          for v in ("candidate", "baseline")}},
                     "evaluation": {"outcome": str(report.decision.outcome), "reason": report.decision.reason,
                                    "generation": int(meta.get("generation", 1))},
+                    # bounded (STATUS_CELLS); None clears an earlier evaluation's table
+                    "sweep": sweep_status(report.evidence.sweep) if report.evidence.sweep else None,
                 })
                 self.metrics.figures.observe(report, name, ns)
             except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop

@@ -34,7 +34,7 @@ from typing import Any
 
 from modelrollout.core.gates import Decision, Evidence, GateResult, detectable, worse
 from modelrollout.core.quality import Interval, QualityReport
-from modelrollout.core.sweep import CellFigures, Sweep
+from modelrollout.core.sweep import Cell, CellFigures, Sweep
 
 SCHEMA = "modelrollout.dev/report/v1"
 
@@ -132,14 +132,67 @@ def from_status(task: str, status: Mapping[str, Any]) -> Report:
         verdict=Verdict(g["verdict"]), message=g.get("message", ""), value=g.get("value"),
         baseline=g.get("baseline"), delta=g.get("delta"), confidence=g.get("confidence"),
         samples=g.get("samples"), dry_run=bool(g.get("dryRun")),
+        cell=Cell(int(g["batchSize"]), int(g["concurrency"])) if g.get("batchSize") is not None
+        and g.get("concurrency") is not None else None,
         interval=Interval(g["interval"]["low"], g["interval"]["high"], g["interval"].get("level", 0.95),
                           g["interval"].get("resamples", 0)) if g.get("interval") else None)
         for g in status.get("gates") or []]
-    ev = Evidence(cand.get("metrics") or {}, (status.get("baseline") or {}).get("metrics"), ivs)
+    ev = Evidence(cand.get("metrics") or {}, (status.get("baseline") or {}).get("metrics"), ivs,
+                  sweep=sweep_from_status(status.get("sweep")))
     d = status.get("decision") or {}
     outcome = Outcome.PROMOTE if d.get("result") == "Promoted" else Outcome.REJECT
     reason = d.get("reason") or status.get("message") or str(status.get("phase") or "Pending")
     return Report(task=task, evidence=ev, gates=gates, decision=Decision(outcome, reason))
+
+
+STATUS_CELLS = 64  # cells of the sweep kept in status; the spec allows 16 x 17 = 272
+
+
+def _sig(v: float | None, digits: int = 4) -> float | None:
+    """A figure rounded to `digits` significant digits (status stays small and readable); None if not finite."""
+    return None if v is None or not math.isfinite(v) else float(f"{v:.{digits}g}")
+
+
+def _cell_status(f: CellFigures) -> dict[str, Any]:
+    p99 = f.latency_ms.get("p99")
+    figures = {"latencyP99Ms": _sig(p99), "latencyPerSampleP99Ms": _sig(f.per_sample_ms().get("p99")),
+               "throughputRps": _sig(f.throughput_rps), "rowsPerS": _sig(f.rows_per_s),
+               "errorRatePercent": _sig(f.error_rate_percent), "seconds": _sig(f.seconds)}
+    return {"requests": f.requests, "errors": f.errors, **{k: v for k, v in figures.items() if v is not None}}
+
+
+def sweep_status(sw: Sweep, max_cells: int = STATUS_CELLS) -> dict[str, Any]:
+    """The sweep as `status.sweep`: the first `max_cells` cells in sweep order (the default cell first),
+    `cellsOmitted` the rest; per cell and variant the per-sample and per-request p99, rows/s, requests/s,
+    error rate and the counts they rest on, to 4 significant digits. Absent figures are left out."""
+    cells = []
+    for cell, f in list(sw.candidate.items())[:max_cells]:
+        c: dict[str, Any] = {"batchSize": cell.batch_size, "concurrency": cell.concurrency,
+                             "candidate": _cell_status(f)}
+        b = sw.figures(cell, baseline=True)
+        if b is not None:
+            c["baseline"] = _cell_status(b)
+        cells.append(c)
+    return {"batchSizes": sw.batch_sizes, "concurrencies": sw.concurrencies,
+            "default": {"batchSize": sw.default.batch_size, "concurrency": sw.default.concurrency},
+            "cells": cells, "cellsOmitted": max(0, len(sw.candidate) - max_cells)}
+
+
+def sweep_from_status(st: Mapping[str, Any] | None) -> Sweep | None:
+    """The Sweep `sweep_status` wrote (its kept cells, figures as rounded there); None without cells."""
+    def figures(cell: Cell, v: Mapping[str, Any]) -> CellFigures:
+        p99 = v.get("latencyP99Ms")
+        return CellFigures(cell, int(v.get("requests") or 0), int(v.get("errors") or 0), float(v.get("seconds") or 0),
+                           {} if p99 is None else {"p99": float(p99)})
+
+    cand: dict[Cell, CellFigures] = {}
+    base: dict[Cell, CellFigures] = {}
+    for c in (st or {}).get("cells") or []:
+        cell = Cell(int(c["batchSize"]), int(c["concurrency"]))
+        cand[cell] = figures(cell, c.get("candidate") or {})
+        if c.get("baseline") is not None:
+            base[cell] = figures(cell, c["baseline"])
+    return Sweep(cand, base or None) if cand else None
 
 
 def _f(v: float | None) -> str:
