@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -21,16 +21,28 @@ from modelrollout.core.engine import Predicted, SystemFigures, build_report, sco
 from modelrollout.core.figures import WINDOW_WARMUP
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import Report
+from modelrollout.core.slo import SloResult, max_in_flight
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.core.sweep import Cell, CellFigures
 from modelrollout.core.windows import WINDOWED, Windows, schedule
 from modelrollout.holdout import Holdout
 from modelrollout.probes.load import PERCENTILES, Generator, LoadConfig, LoadResult, best_batch, pool
-from modelrollout.probes.resources import MIB, LeakReport, ResourceSummary, Source, leak_probe, merge, watch
+from modelrollout.probes.resources import (
+    MIB,
+    LeakReport,
+    ResourceSummary,
+    Source,
+    idle_cpu,
+    leak_probe,
+    merge,
+    watch,
+)
+from modelrollout.probes.slo_search import search_all
 from modelrollout.serving.client import Endpoint, ModelClient
 from modelrollout.serving.protocol import Prediction
 
 Progress = Callable[[str], None]
+IDLE_CPU_S = 1.0  # how long each server's CPU is read with no load, before and after the load
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ class Measured:
     window_resources: list[ResourceSummary] = field(default_factory=list)  # when the source resolves windows
     sweep_resources: list[ResourceSummary | None] = field(default_factory=list)  # per cell, when resolved
     time_to_ready_s: float | None = None
+    slo: SloResult | None = None  # the throughput-at-SLO searches, with load.latencySLO
+    idle_cpu: tuple[float | None, float | None] = (None, None)  # CPU % with no load, before and after it
 
 
 def feature_matrix(h: Holdout) -> np.ndarray:
@@ -131,9 +145,8 @@ async def _windows(variants: Sequence[Variant], X: np.ndarray, spec: ModelRollou
 
 
 async def _rest(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> tuple[
-        list[LoadResult], list[ResourceSummary | None], LeakReport | None]:
-    """The other cells of the sweep, once each (for the table, cell gates and the best batch size), then the
-    leak probe."""
+        list[LoadResult], list[ResourceSummary | None]]:
+    """The other cells of the sweep, once each (for the table, cell gates and the best batch size)."""
     ld = spec.load
     sweep: list[LoadResult] = []
     parts: list[ResourceSummary | None] = []
@@ -144,46 +157,85 @@ async def _rest(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Pro
             r, res = await _watched(v.source, _config(v.endpoint, X, spec, cell, ld.duration, ld.warmup), gen)
             sweep.append(r)
             parts.append(res)
-    leak = None
+    return sweep, parts
+
+
+async def _slo(variants: Sequence[Variant], X: np.ndarray, spec: ModelRolloutSpec,
+               closed: dict[str, list[LoadResult]], progress: Progress) -> dict[str, SloResult]:
+    """The throughput-at-SLO searches, interleaved between the variants (core/slo.py)."""
+    ld = spec.load
+    if ld.latency_slo is None:
+        return {}
+    by_label = {v.label: v for v in variants}
+    with Generator() as gen:
+        async def probe(label: str, batch: int, rate: float, warmup: float, seconds: float) -> LoadResult:
+            cfg = _config(by_label[label].endpoint, X, spec, (batch, 1), seconds, warmup)
+            assert ld.latency_slo is not None
+            return await gen.run_async(replace(cfg, mode="open", rate=rate,
+                                               max_in_flight=max_in_flight(rate, ld.latency_slo * 1000)))
+
+        return await search_all(list(by_label), closed, ld, probe, progress)
+
+
+async def _leak(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> LeakReport | None:
+    """The sustained leak probe: memory against requests served, after every other load."""
+    ld = spec.load
     leak_source = v.leak_source or v.source
-    if leak_source is not None and ld.leak_requests > 0:
-        progress(f"{v.label}: leak probe over {ld.leak_requests} requests")
-        one_row = X[:1]
-        async with ModelClient(v.endpoint) as client:
-            sem = asyncio.Semaphore(8)
+    if leak_source is None or ld.leak_requests <= 0:
+        return None
+    progress(f"{v.label}: leak probe over {ld.leak_requests} requests")
+    one_row = X[:1]
+    async with ModelClient(v.endpoint) as client:
+        sem = asyncio.Semaphore(8)
 
-            async def one() -> None:
-                async with sem:
-                    await client.predict(one_row, what="leak-probe request")
+        async def one() -> None:
+            async with sem:
+                await client.predict(one_row, what="leak-probe request")
 
-            async def send(n: int) -> None:
-                await asyncio.gather(*(one() for _ in range(n)))
+        async def send(n: int) -> None:
+            await asyncio.gather(*(one() for _ in range(n)))
 
-            leak = await leak_probe(leak_source, send, requests=ld.leak_requests,
-                                    warmup_requests=min(1000, ld.leak_requests // 10 + 1))
-    return sweep, parts, leak
+        return await leak_probe(leak_source, send, requests=ld.leak_requests,
+                                warmup_requests=min(1000, ld.leak_requests // 10 + 1))
+
+
+async def _idle_cpu(variants: Sequence[Variant]) -> dict[str, float | None]:
+    """Each server's CPU with no load from us, over IDLE_CPU_S (None when its source is not that fresh)."""
+    got = await asyncio.gather(*(idle_cpu(v.source, IDLE_CPU_S) if v.source is not None
+                                 and v.source.resolution <= IDLE_CPU_S / 2 else asyncio.sleep(0)
+                                 for v in variants))
+    return {v.label: g for v, g in zip(variants, got, strict=True)}
 
 
 async def measure_all(variants: Sequence[Variant], X: np.ndarray, spec: ModelRolloutSpec,
                       progress: Progress) -> dict[str, Measured]:
+    """Quality, then the load in this order: the default cell's windows (interleaved), the other cells, the
+    throughput-at-SLO searches (interleaved), the leak probe; idle CPU before and after all of it."""
     ready = dict(zip([v.label for v in variants], await asyncio.gather(*(_ready(v, spec) for v in variants)),
                      strict=True))
     scored = {v.label: await _score(v, X, spec, progress) for v in variants}
+    cpu_before = await _idle_cpu(variants)
     windowed = await _windows(variants, X, spec, progress)
+    rest = {v.label: await _rest(v, X, spec, progress) for v in variants}
+    sweeps = {v.label: [pool(windowed[v.label][0]), *rest[v.label][0]] for v in variants}
+    slo = await _slo(variants, X, spec, sweeps, progress)
+    leaks = {v.label: await _leak(v, X, spec, progress) for v in variants}
+    cpu_after = await _idle_cpu(variants)
     out = {}
+    ld = spec.load
     for v in variants:
         windows, window_res = windowed[v.label]
-        rest, rest_res, leak = await _rest(v, X, spec, progress)
+        rest_res = rest[v.label][1]
         in_windows = [r for r in window_res if r is not None]
         parts = in_windows + [r for r in rest_res if r is not None]
         # memory and CPU per window (per cell) only when the source reads fresh values at least twice in one
-        ld = spec.load
         resolves = v.source is not None and ld.duration / max(1, ld.windows) >= 2 * v.source.resolution
         per_cell = v.source is not None and ld.duration >= 2 * v.source.resolution
         out[v.label] = Measured(
-            scored[v.label][0], scored[v.label][1], [pool(windows), *rest], merge(parts) if parts else None, leak,
-            windows, in_windows if resolves else [],
-            [merge(in_windows) if in_windows else None, *rest_res] if per_cell else [], ready[v.label])
+            scored[v.label][0], scored[v.label][1], sweeps[v.label], merge(parts) if parts else None,
+            leaks[v.label], windows, in_windows if resolves else [],
+            [merge(in_windows) if in_windows else None, *rest_res] if per_cell else [], ready[v.label],
+            slo.get(v.label), (cpu_before[v.label], cpu_after[v.label]))
     return out
 
 
@@ -225,6 +277,13 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
     if m.leak is not None:  # memory_growth_percent stays the load's after vs before; the slope is its own
         values.update(m.leak.figures())
         samples.update({k: m.leak.requests for k in m.leak.figures()})
+    if m.slo is not None:
+        values["throughput_at_slo_rps"] = m.slo.rows_per_s
+        samples["throughput_at_slo_rps"] = len(m.slo.at_chosen)
+    for name, cpu in zip(("cpu_before_percent", "cpu_after_percent"), m.idle_cpu, strict=True):
+        if cpu is not None:
+            values[name] = cpu
+            samples[name] = 2
     if m.time_to_ready_s is not None:
         values["time_to_ready_s"] = m.time_to_ready_s
         samples["time_to_ready_s"] = 1
@@ -234,7 +293,8 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
             memory_request_bytes=v.memory_request_bytes, cpu_request_millis=v.cpu_request_millis,
             peak_memory_bytes=m.resources.peak_mib * MIB if m.resources else None,
             headroom_percent=spec.capacity.headroom_percent, node_selector=dict(v.node_selector))
-        capacity = plan(nodes, need, per_replica_rps=values.get("throughput_rps"),
+        rows = None if first is None or not first.requests else first.rows_per_s
+        capacity = plan(nodes, need, rows_per_s=rows, at_slo_rows_per_s=values.get("throughput_at_slo_rps"),
                         target_rps=spec.capacity.target_rps, node_price_per_hour=spec.capacity.node_price_per_hour)
         values.update(capacity.figures())
         samples.update({k: len(nodes) for k in capacity.figures()})
@@ -242,6 +302,7 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
         "sweep": [r.as_dict() for r in m.sweep],
         "memoryTimeline": m.resources.timeline if m.resources else [],
         "memorySource": v.memory_source,
+        "sloSearch": None if m.slo is None else m.slo.as_dict(),
         "leak": None if m.leak is None else {
             "mibPer10kRequests": m.leak.mib_per_10k_requests, "interval": [m.leak.low, m.leak.high],
             "suspected": m.leak.suspected, "points": m.leak.points},
@@ -262,8 +323,11 @@ def _window_figures(m: Measured, values: dict[str, float], seconds: float) -> di
     if len(m.window_resources) >= 2:
         per["memory_peak_mib"] = [r.peak_mib for r in m.window_resources]
         per["cpu_percent"] = [r.cpu_percent for r in m.window_resources]
-    return {k: Windows(values[k], np.array(v, dtype=np.float64), seconds)
-            for k, v in per.items() if k in values and k in WINDOWED}
+    out = {k: Windows(values[k], np.array(v, dtype=np.float64), seconds)
+           for k, v in per.items() if k in values and k in WINDOWED}
+    if m.slo is not None and len(m.slo.at_chosen) >= 2:  # one value per search
+        out["throughput_at_slo_rps"] = m.slo.windows()
+    return out
 
 
 async def evaluate_servers(

@@ -45,13 +45,22 @@ def test_cpu_requests_and_pod_limits_also_bound() -> None:
 
 
 def test_fleet_throughput_needed_replicas_and_cost() -> None:
-    cap = plan(nodes()[1:2], ReplicaNeed(peak_memory_bytes=1024 * MIB, headroom_percent=0), per_replica_rps=250,
+    cap = plan(nodes()[1:2], ReplicaNeed(peak_memory_bytes=1024 * MIB, headroom_percent=0), rows_per_s=250,
                target_rps=1000.0 + 1, node_price_per_hour=0.9)
     assert cap.fleet_throughput_rps == 8 * 250
+    assert cap.fleet_throughput_at_slo_rps is None
     assert cap.replicas_needed == 5
-    # one node-hour serves 8 replicas * 250 rps * 3600 s = 7.2M predictions for $0.90
+    # one node-hour serves 8 replicas * 250 predictions/s * 3600 s = 7.2M predictions for $0.90
     assert cap.cost_per_million_usd == pytest.approx(0.125)
     assert cap.figures()["replicas_fit"] == 8
+
+
+def test_at_the_slo_the_fleet_is_sized_by_the_slo_rate() -> None:
+    need = ReplicaNeed(peak_memory_bytes=1024 * MIB, headroom_percent=0)
+    cap = plan(nodes()[1:2], need, rows_per_s=400, at_slo_rows_per_s=100, target_rps=1000, node_price_per_hour=0.9)
+    assert (cap.fleet_throughput_rps, cap.fleet_throughput_at_slo_rps) == (8 * 400, 8 * 100)
+    assert cap.replicas_needed == 10  # 1000 predictions/s at 100 each within the SLO, not 3 at 400
+    assert cap.cost_per_million_usd == pytest.approx(0.9 / (8 * 100 * 3600) * 1e6)
 
 
 def test_a_need_of_nothing_is_refused() -> None:

@@ -43,16 +43,21 @@ class ReplicaNeed:
 
 @dataclass(frozen=True)
 class Capacity:
+    """What the replicas that fit can serve, in predictions (rows) per second: at the latency SLO when it
+    was searched (what a fleet sized for an SLO carries), else at the default load cell."""
+
     per_node: dict[str, int]
     replicas_fit: int
     per_replica_memory_mib: float
-    fleet_throughput_rps: float | None = None
-    replicas_needed: int | None = None
-    cost_per_million_usd: float | None = None
+    fleet_throughput_rps: float | None = None  # replicas that fit x the default cell's rows/s
+    fleet_throughput_at_slo_rps: float | None = None  # replicas that fit x throughput at the SLO
+    replicas_needed: int | None = None  # for capacity.targetRps predictions/s
+    cost_per_million_usd: float | None = None  # per million predictions, from capacity.nodePricePerHour
 
     def figures(self) -> dict[str, float]:
         out: dict[str, float] = {"replicas_fit": float(self.replicas_fit)}
-        for name in ("fleet_throughput_rps", "replicas_needed", "cost_per_million_usd"):
+        for name in ("fleet_throughput_rps", "fleet_throughput_at_slo_rps", "replicas_needed",
+                     "cost_per_million_usd"):
             v = getattr(self, name)
             if v is not None:
                 out[name] = float(v)
@@ -78,18 +83,22 @@ def fits_on(node: Node, need: ReplicaNeed) -> int:
 
 
 def plan(
-    nodes: Sequence[Node], need: ReplicaNeed, *, per_replica_rps: float | None = None,
-    target_rps: float | None = None, node_price_per_hour: float | None = None,
+    nodes: Sequence[Node], need: ReplicaNeed, *, rows_per_s: float | None = None,
+    at_slo_rows_per_s: float | None = None, target_rps: float | None = None,
+    node_price_per_hour: float | None = None,
 ) -> Capacity:
+    """Replicas that fit on the eligible nodes and the fleet they make; `rows_per_s` and
+    `at_slo_rows_per_s` are one replica's predictions/s at the default cell and at the SLO."""
     per_node = {n.name: fits_on(n, need) for n in nodes if eligible(n, need.node_selector)}
     total = sum(per_node.values())
-    fleet = needed = cost = None
-    if per_replica_rps is not None and per_replica_rps > 0:
-        fleet = total * per_replica_rps
+    fleet = None if rows_per_s is None else total * rows_per_s
+    at_slo = None if at_slo_rows_per_s is None else total * at_slo_rows_per_s
+    rate = at_slo_rows_per_s if at_slo_rows_per_s is not None else rows_per_s
+    needed = cost = None
+    if rate is not None and rate > 0:
         if target_rps is not None:
-            needed = math.ceil(target_rps / per_replica_rps)
+            needed = math.ceil(target_rps / rate)
         if node_price_per_hour is not None and total > 0:
-            replicas_per_node = total / len(per_node)
-            per_hour = per_replica_rps * replicas_per_node * 3600
-            cost = node_price_per_hour / per_hour * 1e6
-    return Capacity(per_node, total, need.memory_bytes / MIB, fleet, needed, cost)
+            predictions_per_node_hour = rate * total / len(per_node) * 3600
+            cost = node_price_per_hour / predictions_per_node_hour * 1e6
+    return Capacity(per_node, total, need.memory_bytes / MIB, fleet, at_slo, needed, cost)

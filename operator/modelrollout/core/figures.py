@@ -26,14 +26,15 @@ SYSTEM: Final[tuple[str, ...]] = (
     "latency_max_ms", "throughput_rps", "error_rate_percent", "best_batch_size",
     "memory_before_mib", "memory_peak_mib", "memory_after_mib", "memory_growth_percent",
     "memory_growth_mib_per_10k_requests", "memory_leak_mib_per_10k_requests", "memory_leak_suspected",
-    "cpu_percent", "time_to_ready_s", "replicas_fit", "fleet_throughput_rps", "replicas_needed", "cost_per_million_usd",
+    "cpu_percent", "cpu_before_percent", "cpu_after_percent", "time_to_ready_s", "throughput_at_slo_rps",
+    "replicas_fit", "fleet_throughput_rps", "fleet_throughput_at_slo_rps", "replicas_needed", "cost_per_million_usd",
 )
 
 #: system figures measured window by window (core/windows.py), so they have intervals; a maximum
 #: (latency_max_ms) has none: one slow request decides it
 WINDOWED: Final[tuple[str, ...]] = (
     "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_p999_ms",
-    "throughput_rps", "memory_peak_mib", "cpu_percent",
+    "throughput_rps", "memory_peak_mib", "cpu_percent", "throughput_at_slo_rps",
 )
 #: system figures each cell of the load sweep (batch size x concurrency) has, so a gate may name a cell
 #: (core/sweep.py); memory, CPU, capacity and the leak probe are per variant, not per cell
@@ -47,7 +48,8 @@ WINDOW_WARMUP: Final = 0.25
 _LOWER_IS_BETTER: Final = frozenset({
     "log_loss", "mse", "rmse", "mae", "mape", "error_rate_percent", "memory_before_mib",
     "memory_peak_mib", "memory_after_mib", "memory_growth_percent", "memory_growth_mib_per_10k_requests",
-    "cpu_percent", "replicas_needed", "cost_per_million_usd", "memory_leak_mib_per_10k_requests",
+    "cpu_percent", "cpu_before_percent", "cpu_after_percent", "replicas_needed", "cost_per_million_usd",
+    "memory_leak_mib_per_10k_requests",
     "memory_leak_suspected", "time_to_ready_s",
 })
 

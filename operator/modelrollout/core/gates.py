@@ -260,6 +260,10 @@ def _rows_hint(ev: Evidence, metric: str, iv: Interval, distance: float) -> str:
     if not n or half <= 0 or distance <= 0 or distance >= half:
         return ""
     more = n * (half / distance) ** 2
+    if win is not None and metric == "throughput_at_slo_rps":
+        k = len(win.values)
+        return (f"; {k} searches per variant resolve ±{_fmt(half)} here, about {math.ceil(k * (half / distance) ** 2)}"
+                " (load.sloSearch.searches) would decide it")
     if win is not None:
         return (f"; {_fmt(n)}s of load per variant resolve ±{_fmt(half)} here, about {math.ceil(more)}s "
                 "(load.duration) would decide it")

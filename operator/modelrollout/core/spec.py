@@ -30,6 +30,9 @@ from modelrollout.core.figures import (
     figures_for,
     task_for_metric,
 )
+from modelrollout.core.loadspec import SLO_FIGURES
+from modelrollout.core.loadspec import Load as Load
+from modelrollout.core.loadspec import SloSearch as SloSearch
 from modelrollout.core.promotion import Canary as Canary
 from modelrollout.core.promotion import CanaryStep as CanaryStep
 from modelrollout.core.promotion import GatewayAPI as GatewayAPI
@@ -144,46 +147,6 @@ class Holdout(_Model):
         return self
 
 
-class Load(_Model):
-    duration: Annotated[float, _dur(HOUR)] = 20.0
-    warmup: Annotated[float, _dur(10 * MINUTE)] = 2.0
-    concurrency: int = Field(8, ge=1, le=1024)  # the default cell's
-    # the sweep's further concurrencies: every batch size runs at each (a CRD field cannot be int-or-list)
-    concurrencies: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(max_length=16)] = []
-    batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1, max_length=16)] = [1]
-    mode: Literal["closed", "open"] = "closed"
-    rate: float | None = Field(None, gt=0, le=1_000_000)
-    leak_requests: int = Field(20000, ge=0, le=1_000_000)
-    windows: int = Field(5, ge=0, le=100)  # per variant, interleaved ABBA; 2 or more give system intervals
-
-    @model_validator(mode="after")
-    def _rate(self) -> Load:
-        if self.mode == "open" and self.rate is None:
-            raise _err("load_rate", "mode 'open' needs a rate (requests per second)")
-        if self.mode == "open" and self.concurrencies:
-            raise _err("load_axis", f"concurrencies {self.concurrencies} sweep closed-loop workers; mode 'open' "
-                       "sends at load.rate whatever the concurrency: remove concurrencies or use mode 'closed'")
-        axis = self.concurrency_axis
-        again = sorted({c for c in axis if axis.count(c) > 1})
-        if again:
-            raise _err("load_axis", f"concurrencies {self.concurrencies} repeat {again} (load.concurrency is "
-                       f"{self.concurrency}, the default cell's): each concurrency once")
-        again = sorted({b for b in self.batch_sizes if self.batch_sizes.count(b) > 1})
-        if again:
-            raise _err("load_axis", f"batchSizes {self.batch_sizes} repeat {again}: each batch size once")
-        return self
-
-    @property
-    def concurrency_axis(self) -> list[int]:
-        """The swept concurrencies: the default cell's first."""
-        return [self.concurrency, *self.concurrencies]
-
-    @property
-    def cells(self) -> list[tuple[int, int]]:
-        """Every (batch size, concurrency) of the sweep, the default cell first, then batch-major."""
-        return [(b, c) for b in self.batch_sizes for c in self.concurrency_axis]
-
-
 class Capacity(_Model):
     headroom_percent: float = Field(20.0, ge=0, le=1000)
     target_rps: float | None = Field(None, gt=0)
@@ -273,16 +236,22 @@ class ModelRolloutSpec(_Model):
         """Gates name cells of the sweep, and the sweep fits the evaluation's deadline; all problems at once."""
         errors = [e for i, g in enumerate(self.gates) if (e := _cell_error(i, g, self.load)) is not None]
         ld = self.load
+        errors += [InitErrorDetails(type=_err(
+            "gate_bound", f"{g.metric} comes from the throughput-at-SLO search: set load.latencySLO (the p99 "
+            "bound it searches under, e.g. 50ms)"), loc=("gates", i, "metric"), input=g.metric)
+            for i, g in enumerate(self.gates) if g.metric in SLO_FIGURES and ld.latency_slo is None]
         # each window after a variant's first warms up again, briefly (new connections)
         rewarm = max(0, ld.windows - 1) * min(ld.warmup, WINDOW_WARMUP)
-        planned = 2 * (len(ld.cells) * (ld.warmup + ld.duration) + rewarm)
+        planned = 2 * (len(ld.cells) * (ld.warmup + ld.duration) + rewarm + ld.slo_seconds())
         if self.staging.evaluation_timeout < planned:
             errors.append(InitErrorDetails(type=_err(
                 "eval_timeout", f"staging.evaluationTimeout ({format_duration(self.staging.evaluation_timeout)})"
                 f" is shorter than the load plan alone (2 variants x {len(ld.cells)} load cells ("
                 f"{len(ld.batch_sizes)} batch sizes x {len(ld.concurrency_axis)} concurrencies) x (warmup + duration)"
                 f" + {max(0, ld.windows - 1)} load windows' re-warm-up per variant"
-                f" = {format_duration(math.ceil(planned))})"), loc=(), input=self.staging.evaluation_timeout))
+                + (f" + {format_duration(math.ceil(ld.slo_seconds()))} of throughput-at-SLO search per variant"
+                   if ld.latency_slo is not None else "")
+                + f" = {format_duration(math.ceil(planned))})"), loc=(), input=self.staging.evaluation_timeout))
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self

@@ -222,3 +222,12 @@ async def leak_probe(
     growth = 100.0 * (y[-1] - y[0]) / y[0]
     suspected = bool(low > 0 and slope > threshold_mib_per_10k)
     return LeakReport(float(slope), float(low), float(high), per * steps, float(growth), suspected, points)
+
+
+async def idle_cpu(source: Source, seconds: float) -> float:
+    """CPU % of a server over `seconds` with no load from us: a server still busy after the load
+    (a runaway thread, a cache rebuilt in a loop) shows here, where the load's own average hides it."""
+    a = await source.sample()
+    await asyncio.sleep(seconds)
+    b = await source.sample()
+    return 100.0 * (b.cpu_seconds - a.cpu_seconds) / (b.t - a.t) if b.t > a.t else 0.0
