@@ -25,10 +25,12 @@ def test_a_two_by_two_sweep_reaches_the_table_and_gates_its_cells(
     path = manifest(tmp_path, trained, [
         {"metric": "latency_p99_ms", "max": 120},  # the default cell: batch 1, concurrency 1
         {"metric": "latency_p99_ms", "max": 120, "concurrency": 8},  # batch 1 (the default's), concurrency 8
-        {"metric": "throughput_rps", "min": 1, "batchSize": 8, "concurrency": 8}])
+        {"metric": "throughput_rps", "min": 1, "batchSize": 8, "concurrency": 8},
+        {"metric": "throughput_at_slo_rps", "maxDropPercent": 50}])
     doc = yaml.safe_load(path.read_text())
     doc["spec"]["load"] = {"duration": "1s", "warmup": "200ms", "batchSizes": [1, 8], "concurrency": 1,
-                           "concurrencies": [8], "windows": 2, "leakRequests": 0}
+                           "concurrencies": [8], "windows": 2, "leakRequests": 0,
+                           "latencySLO": "60ms", "sloSearch": {"searches": 2, "steps": 4, "probeDuration": "400ms"}}
     path.write_text(yaml.safe_dump(doc))
     out = evaluate(path, cand, base, "--output", str(tmp_path / "r.json"))
     assert out.returncode == 1, out.stdout + out.stderr[-2000:]
@@ -51,7 +53,7 @@ def test_a_two_by_two_sweep_reaches_the_table_and_gates_its_cells(
     p99 = {f["name"]: f for f in rep["figures"]}["latency_p99_ms"]
     assert cells[(1, 1)]["candidate"]["latencyMs"]["p99"] == p99["candidate"]
 
-    default, at8, tput = rep["gates"]
+    default, at8, tput, at_slo = rep["gates"]
     assert default["verdict"] == "Pass" and (default["batchSize"], default["concurrency"]) == (None, None)
     assert (at8["batchSize"], at8["concurrency"]) == (1, 8)
     assert at8["value"] == cells[(1, 8)]["candidate"]["latencyMs"]["p99"] >= 160, at8
@@ -60,6 +62,23 @@ def test_a_two_by_two_sweep_reaches_the_table_and_gates_its_cells(
     assert at8["message"].startswith("latency_p99_ms at batch 1, concurrency 8 is ")
     assert tput["value"] == pytest.approx(cells[(8, 8)]["candidate"]["throughputRps"])
     assert "gate 1 failed: latency_p99_ms at batch 1, concurrency 8 is" in out.stdout
+
+    # throughput at the 60 ms SLO: one request at a time, 20 ms whatever the batch, so batch 8 carries 8x the
+    # rows, and an open loop below the server's rate queues nothing: close to the closed loop's rate at 1
+    slo = {side: rep["details"][side]["sloSearch"] for side in ("candidate", "baseline")}
+    figs = {f["name"]: f for f in rep["figures"]}["throughput_at_slo_rps"]
+    assert slo["candidate"]["batchSize"] == 8 and slo["candidate"]["byBatchSize"]["1"] < slo["candidate"]["rowsPerS"]
+    assert figs["candidate"] == pytest.approx(slo["candidate"]["rowsPerS"], rel=1e-12)
+    assert 0.6 <= figs["candidate"] / cells[(8, 1)]["candidate"]["rowsPerS"] <= 1.15, (figs, slo["candidate"])
+    assert figs["baseline"] > 2 * figs["candidate"]
+    for side in slo.values():
+        assert len(side["searches"]) == 2 and all(len(s["probes"]) == 4 for s in side["searches"])
+        for search in side["searches"]:
+            for probe in search["probes"]:
+                assert probe["meetsSLO"] == (probe["errors"] == 0 and probe["requests"] > 0
+                                             and probe["p99Ms"] is not None and probe["p99Ms"] <= 60), probe
+            assert search["rateRps"] == max([p["rateRps"] for p in search["probes"] if p["meetsSLO"]], default=0.0)
+    assert at_slo["verdict"] == "Fail" and at_slo["value"] == figs["candidate"]
 
     # the terminal table: per-sample p99, rows/s, errors, candidate / baseline
     lines = out.stdout[out.stdout.index("batch x concurrency"):].splitlines()
