@@ -35,18 +35,26 @@ def test_demo_promotes_and_writes_the_report_folder(tmp_path: Path) -> None:
     assert "decision: Promote" in out.stdout
     assert "baseline: leak probe" in out.stderr  # progress is shown
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    page = (tmp_path / "r" / "index.html").read_text()
     names = {f["name"] for f in rep["figures"]}
     assert {"f1", "roc_auc", "latency_p99_ms", "throughput_rps", "memory_peak_mib",
             "memory_growth_mib_per_10k_requests", "memory_leak_mib_per_10k_requests", "memory_leak_suspected",
-            "time_to_ready_s", "replicas_fit", "best_batch_size"} <= names
+            "time_to_ready_s", "replicas_fit", "best_batch_size", "throughput_at_slo_rps",
+            "fleet_throughput_at_slo_rps", "cpu_before_percent", "cpu_after_percent"} <= names
     fig = {f["name"]: f for f in rep["figures"]}
     assert 0 < fig["time_to_ready_s"]["candidate"] < 120 and 0 < fig["time_to_ready_s"]["baseline"] < 120
     assert fig["memory_leak_suspected"]["candidate"] in (0, 1)
+    for side in ("candidate", "baseline"):  # the search's figure, its batch size, and the fleet it makes
+        slo = rep["details"][side]["sloSearch"]
+        assert fig["throughput_at_slo_rps"][side] == pytest.approx(slo["rowsPerS"]) and slo["batchSize"] in (1, 32)
+        assert fig["fleet_throughput_at_slo_rps"][side] == pytest.approx(
+            fig["replicas_fit"][side] * fig["throughput_at_slo_rps"][side])
+    assert fig["throughput_at_slo_rps"]["interval"] is not None  # 2 searches per variant
+    assert "throughput at the 50 ms p99 SLO" in out.stdout and "throughput at the 50 ms p99 SLO" in page
     cells = [(1, 4), (1, 16), (32, 4), (32, 16)]  # batch sizes 1, 32 x concurrencies 4, 16, the default first
     assert [(s["batch_size"], s["concurrency"]) for s in rep["details"]["candidate"]["sweep"]] == cells
     assert [(c["batchSize"], c["concurrency"]) for c in rep["sweep"]["cells"]] == cells
     assert "32 x 16" in out.stdout and "32 x 16" in (tmp_path / "r" / "report.md").read_text()
-    page = (tmp_path / "r" / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "Decision" in page
     text = metrics.read_text()
     assert 'modelrollout_f1{namespace="default",rollout="demo",variant="candidate"}' in text

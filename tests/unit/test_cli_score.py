@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -13,16 +15,32 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
+from modelrollout.cli.main import main
+
 EX = Path(__file__).parents[2] / "examples" / "score"
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelrollout.cli", "score", *args],
-                          capture_output=True, text=True, cwd=cwd)
+    """`modelrollout score ARGS` in this process (the CLI's own main, exit code and output): a new Python per
+    call would spend seconds importing pandas and scikit-learn. `test_the_entry_point_...` runs a real one."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or Path.cwd()):
+        try:
+            code = main(["score", *args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 BASE = ["--holdout", str(EX / "holdout.csv"), "--label-column", "malignant", "--slice-column", "region",
         "--candidate", str(EX / "candidate.csv"), "--baseline", str(EX / "baseline.csv")]
+
+
+def test_the_entry_point_runs_the_same_command(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "modelrollout.cli", "score", *BASE, "--gates", str(EX / "gates.yaml"),
+                          "--output", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert out.returncode == 0 and "decision: Promote" in out.stdout, out.stderr
+    assert out.stdout == run(*BASE, "--gates", str(EX / "gates.yaml"), "--output", str(tmp_path / "s.json")).stdout
 
 
 def test_example_promotes_and_writes_reports(tmp_path: Path) -> None:

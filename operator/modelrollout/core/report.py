@@ -34,6 +34,7 @@ from typing import Any
 
 from modelrollout.core.gates import Decision, Evidence, GateResult, detectable, worse
 from modelrollout.core.quality import Interval, QualityReport
+from modelrollout.core.slo import describe
 from modelrollout.core.sweep import Cell, CellFigures, Sweep
 
 SCHEMA = "modelrollout.dev/report/v1"
@@ -269,6 +270,16 @@ def sweep_legend(sw: Sweep) -> str:
             "interleaved windows, whose figures the gates naming no cell read")
 
 
+def slo_lines(rep: Report) -> list[str]:
+    """The throughput-at-SLO search of each variant: the figure, and the batch size and rate reaching it."""
+    found = {v: d["sloSearch"] for v in ("candidate", "baseline")
+             if isinstance(d := rep.details.get(v), Mapping) and d.get("sloSearch")}
+    if not found:
+        return []
+    slo = next(iter(found.values()))["sloMs"]
+    return [f"throughput at the {slo:g} ms p99 SLO (open loop): " + "; ".join(describe(v, d) for v, d in found.items())]
+
+
 def _decided_on(r: GateResult) -> str | None:
     """The interval a confidence gate decided on, labelled: Δ for the paired candidate − baseline one."""
     if r.confidence is None or r.interval is None:
@@ -295,6 +306,7 @@ def to_text(rep: Report) -> str:
     sw = rep.evidence.sweep
     if sw is not None:
         lines += [*_columns(SWEEP_HEADER, sweep_rows(sw)), sweep_legend(sw), ""]
+    lines += [*slo_lines(rep), ""] if slo_lines(rep) else []
     lines.append(f"decision: {rep.decision.outcome} ({rep.decision.reason})")
     return "\n".join(lines)
 
@@ -312,6 +324,7 @@ def to_markdown(rep: Report) -> str:
         out += ["", "| " + " | ".join(SWEEP_HEADER) + " |", "|" + "---|" * len(SWEEP_HEADER)]
         out += ["| " + " | ".join(r) + " |" for r in sweep_rows(sw)]
         out += ["", sweep_legend(sw)]
+    out += ["", *slo_lines(rep)] if slo_lines(rep) else []
     failing = [g for g in rep.gates if not g.passed]
     if failing:
         out += ["", "**Gates not passed**", ""]

@@ -155,3 +155,10 @@ class SloResult:
                 "byBatchSize": {str(s.batch_size): s.rows_per_s for s in self.first},
                 "searches": [s.as_dict() for s in self.at_chosen],
                 "others": [s.as_dict() for s in self.first if s is not c]}
+
+
+def describe(label: str, d: Any) -> str:
+    """One variant's search in words, from `SloResult.as_dict` (the report's details)."""
+    flight = f", ~{d['inFlight']:.3g} in flight" if d.get("inFlight") is not None else ""
+    return (f"{label} {d['rowsPerS']:.4g} rows/s at batch {d['batchSize']} ({d['rateRps']:.4g} requests/s{flight}; "
+            f"mean of {len(d['searches'])} searches)")
