@@ -2,8 +2,9 @@
 
 Figure names carry their unit (`latency_p99_ms`); Prometheus wants base units, so the
 exporter converts: `_ms` -> `_seconds`, `_mib` -> `_bytes`, `_percent` -> `_ratio`, `_s` -> `_seconds`,
-`_rps` -> `_requests_per_second`. Every figure is `modelrollout_<name>{rollout, namespace,
-variant}`; gates are `modelrollout_gate_{value,threshold,passed}` with the gate's labels. The load
+`_rps` -> `_requests_per_second` (`_rows_per_second` for the figures counted in predictions: the throughput
+at the SLO and the fleet's). Every figure is `modelrollout_<name>{rollout, namespace, variant}`; gates are
+`modelrollout_gate_{value,threshold,passed}` with the gate's labels. The load
 sweep is `modelrollout_sweep_<figure>{rollout, namespace, variant, batch_size, concurrency}`, one
 series per cell (at most the spec's 16 batch sizes x 17 concurrencies), and
 `modelrollout_sweep_default_cell{rollout, namespace, batch_size, concurrency}` 1 marks the default cell.
@@ -42,8 +43,14 @@ SWEEP_FIGURES: dict[str, tuple[str, Callable[[CellFigures], float | None]]] = {
 }
 
 
+#: figures in rows (predictions) per second, not requests: the name says so
+ROWS_PER_SECOND = frozenset({"throughput_at_slo_rps", "fleet_throughput_rps", "fleet_throughput_at_slo_rps"})
+
+
 def prom_name(figure: str) -> tuple[str, float]:
     """The Prometheus metric name of a figure and the factor to its base unit."""
+    if figure in ROWS_PER_SECOND:
+        return "modelrollout_" + figure.removesuffix("_rps") + "_rows_per_second", 1.0
     for pattern, repl, scale in _UNITS:
         if re.search(pattern, figure):
             return "modelrollout_" + re.sub(pattern, repl, figure), scale

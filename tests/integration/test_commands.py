@@ -59,6 +59,7 @@ def test_demo_promotes_and_writes_the_report_folder(tmp_path: Path) -> None:
     text = metrics.read_text()
     assert 'modelrollout_f1{namespace="default",rollout="demo",variant="candidate"}' in text
     assert "modelrollout_latency_p99_seconds" in text and "modelrollout_gate_passed" in text
+    assert "modelrollout_throughput_at_slo_rows_per_second{" in text  # predictions, not requests, per second
     promtool_check(metrics)
 
 
