@@ -17,6 +17,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout.core.figures import SYSTEM, TASKS, figures_for
+from modelrollout.core.loadspec import SLO_FIGURES
+from modelrollout.core.spec import SpecError, parse_spec
 from tests.conftest import ROOT, Cluster
 from tests.e2e.conftest import Scenario
 
@@ -123,9 +125,19 @@ def test_the_api_server_and_the_engine_agree_on_every_metric(api: client.CustomO
         body = good()
         body["spec"]["task"] = task
         body["spec"]["gates"] = [{"metric": metric, "max": 1e9}]
+        body["spec"].setdefault("load", {})["latencySLO"] = "100ms"  # the SLO figures need a search
         accepted = create(api, body) is None
         assert accepted == (metric in allowed), (task, metric)
     assert set(SYSTEM) <= allowed
+    for metric in SLO_FIGURES:  # without load.latencySLO both refuse them, naming the field to set
+        body = good()
+        body["spec"]["task"] = task
+        body["spec"]["gates"] = [{"metric": metric, "min": 1}]
+        body["spec"].get("load", {}).pop("latencySLO", None)
+        refused = create(api, body)
+        assert refused is not None and "load.latencySLO" in refused, (task, metric, refused)
+        with pytest.raises(SpecError, match=r"set load\.latencySLO"):
+            parse_spec(body["spec"])
 
 
 def test_operator_only_checks_end_in_a_failed_condition(scenario: Scenario, models: Any) -> None:
