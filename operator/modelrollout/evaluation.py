@@ -163,18 +163,16 @@ async def _rest(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Pro
 async def _slo(variants: Sequence[Variant], X: np.ndarray, spec: ModelRolloutSpec,
                closed: dict[str, list[LoadResult]], progress: Progress) -> dict[str, SloResult]:
     """The throughput-at-SLO searches, interleaved between the variants (core/slo.py)."""
-    ld = spec.load
-    if ld.latency_slo is None:
+    if spec.load.latency_slo is None:
         return {}
+    slo_ms = spec.load.latency_slo * 1000
     by_label = {v.label: v for v in variants}
     with Generator() as gen:
         async def probe(label: str, batch: int, rate: float, warmup: float, seconds: float) -> LoadResult:
             cfg = _config(by_label[label].endpoint, X, spec, (batch, 1), seconds, warmup)
-            assert ld.latency_slo is not None
-            return await gen.run_async(replace(cfg, mode="open", rate=rate,
-                                               max_in_flight=max_in_flight(rate, ld.latency_slo * 1000)))
+            return await gen.run_async(replace(cfg, mode="open", rate=rate, max_in_flight=max_in_flight(rate, slo_ms)))
 
-        return await search_all(list(by_label), closed, ld, probe, progress)
+        return await search_all(list(by_label), closed, spec.load, probe, progress)
 
 
 async def _leak(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> LeakReport | None:

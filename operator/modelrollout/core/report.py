@@ -306,7 +306,8 @@ def to_text(rep: Report) -> str:
     sw = rep.evidence.sweep
     if sw is not None:
         lines += [*_columns(SWEEP_HEADER, sweep_rows(sw)), sweep_legend(sw), ""]
-    lines += [*slo_lines(rep), ""] if slo_lines(rep) else []
+    slo = slo_lines(rep)
+    lines += [*slo, ""] if slo else []
     lines.append(f"decision: {rep.decision.outcome} ({rep.decision.reason})")
     return "\n".join(lines)
 
@@ -324,7 +325,8 @@ def to_markdown(rep: Report) -> str:
         out += ["", "| " + " | ".join(SWEEP_HEADER) + " |", "|" + "---|" * len(SWEEP_HEADER)]
         out += ["| " + " | ".join(r) + " |" for r in sweep_rows(sw)]
         out += ["", sweep_legend(sw)]
-    out += ["", *slo_lines(rep)] if slo_lines(rep) else []
+    slo = slo_lines(rep)
+    out += ["", *slo] if slo else []
     failing = [g for g in rep.gates if not g.passed]
     if failing:
         out += ["", "**Gates not passed**", ""]
