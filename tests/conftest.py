@@ -58,6 +58,15 @@ def _controlplane(*args: str, timeout: float = 180) -> str:
     return r.stdout
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every e2e test on one xdist worker, in file order: they share one control plane, one operator and
+    one real node (a second control plane would double the machine's load); unit and integration tests,
+    which need none of them, run on the other worker meanwhile (`--dist loadgroup`, pyproject.toml)."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     existing = os.environ.get("MODELROLLOUT_KUBECONFIG")

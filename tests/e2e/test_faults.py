@@ -10,6 +10,7 @@ import io
 import json
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -157,18 +158,20 @@ def _revisions_become(scenario: Scenario, expected: int) -> int:
     return seen
 
 
-# Where the operator is SIGKILLed: (phase, canary step or None, seconds after reaching it).
-KILL_POINTS: dict[str, tuple[str | None, int | None, float]] = {
-    "before-first-reconcile": (None, None, 0),  # applied while the operator is down
-    "staging": ("Staging", None, 1.5),
-    "evaluating": ("Evaluating", None, 0),
-    "mid-evaluation": ("Evaluating", None, 2),
-    "awaiting-approval": ("AwaitingApproval", None, 0),
-    "canary-step-1": ("Canary", 0, 0),
-    "mid-canary-step-1": ("Canary", 0, 2),
-    "canary-step-2": ("Canary", 1, 0),
-    "mid-canary-step-2": ("Canary", 1, 2),
-    "promoted": ("Promoted", None, 0),
+# Where the operator is SIGKILLed, one rollout each: (phase, canary step or None, seconds into it).
+# Every rollout is applied while the operator is down (before its first reconcile) and staging is held
+# until "kill-staging" has been staging a while; the rest are the kill loop's.
+KILL_POINTS: dict[str, tuple[str, int | None, float]] = {
+    "kill-staging": ("Staging", None, 1.5),
+    "kill-evaluating": ("Evaluating", None, 0),
+    "kill-mid-evaluation": ("Evaluating", None, 2),
+    "kill-bad": ("Evaluating", None, 1),  # a bad candidate: still rolled back
+    "kill-awaiting-approval": ("AwaitingApproval", None, 0),  # and approved while the operator is down
+    "kill-canary-step-1": ("Canary", 0, 0),
+    "kill-mid-canary-step-1": ("Canary", 0, 2),
+    "kill-canary-step-2": ("Canary", 1, 0),
+    "kill-mid-canary-step-2": ("Canary", 1, 2),
+    "kill-promoted": ("Promoted", None, 0),
 }
 
 
@@ -191,64 +194,110 @@ def _progress(scenario: Scenario, name: str, until: tuple[str, int | None] | Non
     raise AssertionError(f"{name} never reached {until}; status: {st}")
 
 
-@pytest.mark.parametrize("kill_at", list(KILL_POINTS))
-def test_operator_killed_at_every_phase_boundary_resumes_to_the_same_decision(scenario: Scenario, models: Models,
-                                                                              kill_at: str) -> None:
-    before, gen = scenario.template(), _generation(scenario)
-    op = scenario.op
-    phase, step, delay = KILL_POINTS[kill_at]
-    name = f"kill-{kill_at}"
-    if phase is None:
-        op.stop(kill=True)
-    if phase == "Staging":  # no node takes the staging pods until the taint goes: Staging holds
-        scenario.hold_staging(True)
-    gates = [*GATES, {"metric": "f1", "maxDrop": 0.02}]
-    scenario.rollout(name, op.serve(models.good), op.serve(models.production), gates,
-                     # no leak probe: the claim is resuming after a kill, and it halves the evaluation
-                     load={"duration": "1s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 0},
-                     quality={"resamples": 100},
-                     promotion={"approval": "Manual",
-                                "canary": {"steps": [{"weight": 25, "pause": "3s"}, {"weight": 50, "pause": "3s"}]}})
-    if phase is not None:
-        _progress(scenario, name, (phase, step), approve=phase != "AwaitingApproval")
-        time.sleep(delay)
-        op.stop(kill=True)  # SIGKILL: no cleanup, no goodbye
-    if phase == "Staging":
-        scenario.hold_staging(False)  # staging pods may now be scheduled
-    if phase == "AwaitingApproval":
-        scenario.annotate(name, "modelrollout.dev/approve")  # approved while the operator is down
-    time.sleep(1.5)
-    objs = scenario.staging_objects(name)  # staging (2 Deployments, 2 Services) and at most one canary
-    assert len(objs) == len(set(objs)) <= 5, objs
-    op.restart()
-    st = _progress(scenario, name, None, approve=True)
-    assert st["phase"] == "Promoted", st.get("message")
-    if phase == "Promoted":
-        time.sleep(3)  # a restarted operator must not act on a decided rollout again
-    assert _revisions_become(scenario, gen + 1) == gen + 1  # production's template changed exactly once
-    assert scenario.get("deployment", scenario.target)["spec"]["replicas"] == 2  # as many as before the canary
-    deploys = scenario.cluster.kubectl("-n", scenario.ns, "get", "deploy", "-o", "name").stdout.split()
-    assert deploys == [f"deployment.apps/{scenario.target}"]  # no duplicates left behind
-    assert scenario.staging_objects(name) == []
-    assert re.search("registry.example/churn:8", str(scenario.template()))
-    scenario.assert_invariant(name, before)
+class KillLoop:
+    """SIGKILLs the session operator whenever a rollout reaches its kill point, and starts it again."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.sc, self.kills, self.approved = scenario, 0, set[str]()
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        items = json.loads(self.sc.cluster.kubectl("-n", self.sc.ns, "get", "modelrollouts", "-o", "json").stdout)
+        return {r["metadata"]["name"]: r.get("status") or {} for r in items["items"]}
+
+    def kill(self, while_down: list[str]) -> None:
+        """Kill; approve `while_down` meanwhile; check nothing was created twice; start again."""
+        self.sc.op.stop(kill=True)  # SIGKILL: no cleanup, no goodbye
+        self.kills += 1
+        for name in while_down:
+            self.approve(name)
+        time.sleep(1.5)
+        for name in KILL_POINTS:  # staging (2 Deployments, 2 Services) and at most one canary
+            objs = self.sc.staging_objects(name)
+            assert len(objs) == len(set(objs)) <= 5, (name, objs)
+        self.sc.op.restart()
+
+    def approve(self, name: str) -> None:
+        if name not in self.approved:
+            self.sc.annotate(name, "modelrollout.dev/approve")
+            self.approved.add(name)
+
+    def run(self, pending: dict[str, tuple[str, int | None, float]], timeout: float = 420) -> dict[str, Any]:
+        """Kill at each pending point, approving the others on the way; then follow all to their decisions."""
+        first_seen: dict[str, float] = {}  # an evaluation starts again after a kill: so does its clock
+        end = time.monotonic() + timeout
+        sts: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < end:
+            sts, now = self.statuses(), time.monotonic()
+            due = []
+            for name, (phase, step, delay) in pending.items():
+                st = sts.get(name, {})
+                at = st.get("phase") == phase and step in (None, (st.get("canary") or {}).get("step"))
+                assert at or st.get("phase") not in TERMINAL, f"{name} ended {st.get('phase')} before its kill point"
+                if at and phase == "Canary":  # the step's own clock, which a kill does not reset
+                    t = datetime.fromisoformat(st["canary"]["startedAt"].replace("Z", "+00:00"))
+                    due += [name] if (datetime.now(UTC) - t).total_seconds() >= delay else []
+                elif at and now - first_seen.setdefault(name, now) >= delay:
+                    due.append(name)
+            for name, st in sts.items():
+                if st.get("phase") == "AwaitingApproval" and pending.get(name, ("",))[0] != "AwaitingApproval":
+                    self.approve(name)
+            if due:
+                self.kill(while_down=[n for n in due if pending[n][0] == "AwaitingApproval"])
+                for name in due:
+                    del pending[name]
+                first_seen.clear()
+            elif not pending and all(st.get("phase") in TERMINAL for st in sts.values()):
+                return sts
+            time.sleep(0.3)
+        raise AssertionError(f"kill points never reached: {sorted(pending)}; statuses: {json.dumps(sts)[:3000]}")
 
 
-def test_operator_killed_mid_evaluation_of_a_bad_candidate_still_rolls_back(scenario: Scenario,
-                                                                            models: Models) -> None:
-    before, gen = scenario.template(), _generation(scenario)
-    op = scenario.op
-    scenario.rollout("kill-bad", op.serve(models.bad), op.serve(models.production), GATES,
-                     load={"duration": "3s", "warmup": "200ms", "batchSizes": [1], "leakRequests": 0})
-    _progress(scenario, "kill-bad", ("Evaluating", None), approve=False)
-    time.sleep(1)
+def test_operator_killed_at_every_phase_boundary_resumes_to_the_same_decision(scenario: Scenario,
+                                                                              models: Models) -> None:
+    """Ten rollouts side by side (each its own target) under one kill loop: each also lives through the
+    others' kills, and each still ends with its own decision, production's template written at most once."""
+    op, loop = scenario.op, KillLoop(scenario)
+    own = {name: scenario.own_target(name) for name in KILL_POINTS}
+    before = {name: (sc.template(), _generation(sc)) for name, sc in own.items()}
+    good, bad, prod = op.serve(models.good), op.serve(models.bad), op.serve(models.production)
+    bodies = [sc.body(name, bad if name == "kill-bad" else good, prod, [*GATES, {"metric": "f1", "maxDrop": 0.02}],
+                      # no leak probe: the claim is resuming after a kill, and it halves the evaluation
+                      load={"duration": "1s", "warmup": "200ms", "batchSizes": [1, 8], "leakRequests": 0},
+                      quality={"resamples": 100},
+                      # pauses longer than a kill's downtime (~5 s), so no step passes unseen
+                      promotion={"approval": "Manual",
+                                 "canary": {"steps": [{"weight": 25, "pause": "8s"}, {"weight": 50, "pause": "8s"}]}})
+              for name, sc in own.items()]
+    op.stop(kill=True)  # every rollout is applied while the operator is down: before its first reconcile
+    scenario.hold_staging(True)  # no node takes staging pods until the taint goes: Staging holds
+    kubectl = scenario.cluster.kubectl
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(bodies[0]))  # first in the staging queue
+    time.sleep(1.1)  # the queue orders by creation time (seconds), then by name
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(bodies[1:]))
+    loop.kill(while_down=[])  # already down: wait, check, start
+    _progress(own["kill-staging"], "kill-staging", ("Staging", None), approve=False)
+    time.sleep(KILL_POINTS["kill-staging"][2])
     op.stop(kill=True)
-    op.restart()
-    st = _progress(scenario, "kill-bad", None, approve=False)
-    assert st["phase"] == "RolledBack" and st["reason"] == "GatesFailed" and "f1" in st["message"], st
-    assert _generation(scenario) == gen and scenario.template() == before
-    assert scenario.staging_objects("kill-bad") == []
-    scenario.assert_invariant("kill-bad", before)
+    scenario.hold_staging(False)  # staging pods may now be scheduled
+    loop.kill(while_down=[])
+    sts = loop.run({name: point for name, point in KILL_POINTS.items() if name != "kill-staging"})
+    time.sleep(3)  # a restarted operator must not act on a decided rollout again
+    wrong = {n: (st.get("phase"), st.get("message")) for n, st in sts.items()
+             if st.get("phase") != ("RolledBack" if n == "kill-bad" else "Promoted")}
+    assert not wrong, (wrong, f"after {loop.kills} kills")
+    bad_st = sts["kill-bad"]
+    assert bad_st["reason"] == "GatesFailed" and "f1" in bad_st["message"], bad_st
+    for name, sc in own.items():
+        template, gen = before[name]
+        promoted = name != "kill-bad"
+        # production's template changed exactly once (or not at all), and as many replicas as before
+        assert _revisions_become(sc, gen + promoted) == gen + promoted, name
+        assert sc.get("deployment", sc.target)["spec"]["replicas"] == 2, name
+        assert sc.staging_objects(name) == [], name
+        assert ("registry.example/churn:8" in str(sc.template())) == promoted, name
+        sc.assert_invariant(name, template)
+    deploys = kubectl("-n", scenario.ns, "get", "deploy", "-o", "name").stdout.split()
+    assert sorted(deploys) == sorted(f"deployment.apps/{t}" for t in ["churn", *(sc.target for sc in own.values())])
 
 
 @pytest.mark.parametrize("during", ["Evaluating", "Canary"])
