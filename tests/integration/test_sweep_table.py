@@ -64,12 +64,14 @@ def test_a_two_by_two_sweep_reaches_the_table_and_gates_its_cells(
     assert "gate 1 failed: latency_p99_ms at batch 1, concurrency 8 is" in out.stdout
 
     # throughput at the 60 ms SLO: one request at a time, 20 ms whatever the batch, so batch 8 carries 8x the
-    # rows, and an open loop below the server's rate queues nothing: close to the closed loop's rate at 1
+    # rows, and an open loop below the server's rate queues nothing: close to the closed loop's rate at 1, and
+    # never above the server's own 8 rows / 20 ms (a busy machine slows either measurement, at its own time)
     slo = {side: rep["details"][side]["sloSearch"] for side in ("candidate", "baseline")}
     figs = {f["name"]: f for f in rep["figures"]}["throughput_at_slo_rps"]
     assert slo["candidate"]["batchSize"] == 8 and slo["candidate"]["byBatchSize"]["1"] < slo["candidate"]["rowsPerS"]
     assert figs["candidate"] == pytest.approx(slo["candidate"]["rowsPerS"], rel=1e-12)
-    assert 0.6 <= figs["candidate"] / cells[(8, 1)]["candidate"]["rowsPerS"] <= 1.15, (figs, slo["candidate"])
+    assert 0.5 <= figs["candidate"] / cells[(8, 1)]["candidate"]["rowsPerS"], (figs, slo["candidate"])
+    assert figs["candidate"] <= 8 / 0.020 * 1.02, (figs, slo["candidate"])
     assert figs["baseline"] > 2 * figs["candidate"]
     for side in slo.values():
         assert len(side["searches"]) == 2 and all(len(s["probes"]) == 4 for s in side["searches"])
