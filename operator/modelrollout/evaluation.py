@@ -19,6 +19,7 @@ import pandas as pd
 from modelrollout.core.capacity import Node, ReplicaNeed, plan
 from modelrollout.core.engine import Predicted, SystemFigures, build_report, score_quality
 from modelrollout.core.figures import WINDOW_WARMUP
+from modelrollout.core.pods import MeasuredPod
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import Report
 from modelrollout.core.slo import SloResult, max_in_flight
@@ -59,6 +60,7 @@ class Variant:
     memory_source: str | None = None  # where memory comes from, for the report
     time_to_ready_s: float | None = None  # known beforehand (the operator's pods: scheduled -> Ready)
     started_at: float | None = None  # time.monotonic() when a local server process was started
+    measured_pod: MeasuredPod | None = None  # with several replicas: the pod the load and memory are of
 
 
 @dataclass
@@ -197,11 +199,16 @@ async def _leak(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Pro
                                 warmup_requests=min(1000, ld.leak_requests // 10 + 1))
 
 
+def resolves(source: Source | None, seconds: float) -> bool:
+    """Whether `source` reads fresh values at least twice in `seconds`: the least a figure over that time
+    rests on (memory and CPU per window, per cell, idle CPU)."""
+    return source is not None and seconds >= 2 * source.resolution
+
+
 async def _idle_cpu(variants: Sequence[Variant]) -> dict[str, float | None]:
     """Each server's CPU with no load from us, over IDLE_CPU_S (None when its source is not that fresh)."""
     got = await asyncio.gather(*(idle_cpu(v.source, IDLE_CPU_S) if v.source is not None
-                                 and v.source.resolution <= IDLE_CPU_S / 2 else asyncio.sleep(0)
-                                 for v in variants))
+                                 and resolves(v.source, IDLE_CPU_S) else asyncio.sleep(0) for v in variants))
     return {v.label: g for v, g in zip(variants, got, strict=True)}
 
 
@@ -226,12 +233,10 @@ async def measure_all(variants: Sequence[Variant], X: np.ndarray, spec: ModelRol
         rest_res = rest[v.label][1]
         in_windows = [r for r in window_res if r is not None]
         parts = in_windows + [r for r in rest_res if r is not None]
-        # memory and CPU per window (per cell) only when the source reads fresh values at least twice in one
-        resolves = v.source is not None and ld.duration / max(1, ld.windows) >= 2 * v.source.resolution
-        per_cell = v.source is not None and ld.duration >= 2 * v.source.resolution
+        per_window, per_cell = resolves(v.source, ld.duration / max(1, ld.windows)), resolves(v.source, ld.duration)
         out[v.label] = Measured(
             scored[v.label][0], scored[v.label][1], sweeps[v.label], merge(parts) if parts else None,
-            leaks[v.label], windows, in_windows if resolves else [],
+            leaks[v.label], windows, in_windows if per_window else [],
             [merge(in_windows) if in_windows else None, *rest_res] if per_cell else [], ready[v.label],
             slo.get(v.label), (cpu_before[v.label], cpu_after[v.label]))
     return out
@@ -300,6 +305,8 @@ def system_figures(m: Measured, v: Variant, spec: ModelRolloutSpec, nodes: Seque
         "sweep": [r.as_dict() for r in m.sweep],
         "memoryTimeline": m.resources.timeline if m.resources else [],
         "memorySource": v.memory_source,
+        "measuredPod": None if v.measured_pod is None else {"name": v.measured_pod.name,
+                                                            "replicas": v.measured_pod.replicas},
         "sloSearch": None if m.slo is None else m.slo.as_dict(),
         "leak": None if m.leak is None else {
             "mibPer10kRequests": m.leak.mib_per_10k_requests, "interval": [m.leak.low, m.leak.high],

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from modelrollout.cli.kubectl import cmd_status
 from modelrollout.core.gates import Decision, Evidence, Outcome
 from modelrollout.core.report import STATUS_CELLS, Report, sweep_from_status, sweep_rows, sweep_status
+from modelrollout.core.slo import Probe, Search, SloResult, status_form
 from modelrollout.core.sweep import Cell, CellFigures, Sweep
 from modelrollout.exporter import SWEEP_FIGURES, FigureExporter
 from modelrollout.opmetrics import OperatorMetrics
@@ -52,6 +53,9 @@ def status_schema() -> dict[str, Any]:
 def conforms(value: Any, schema: dict[str, Any], path: str = "sweep") -> list[str]:
     """What the API server would prune or refuse: undeclared fields, wrong types, too many items."""
     kind = schema.get("type")
+    if kind == "object" and "additionalProperties" in schema:  # a map: any key, bounded, values of one schema
+        out = [f"{path} has {len(value)} keys"] if len(value) > schema.get("maxProperties", 1e9) else []
+        return out + [p for k, v in value.items() for p in conforms(v, schema["additionalProperties"], f"{path}.{k}")]
     if kind == "object":
         props = schema.get("properties", {})
         out = [f"{path}.{k} is not declared" for k in value if k not in props]
@@ -206,3 +210,41 @@ def test_the_dashboard_plots_latency_against_throughput_per_variant() -> None:
     named = {m for p in d["panels"] for t in p.get("targets", []) for m in [t["expr"].split("{")[0]]
              if m.startswith("modelrollout_sweep_")}
     assert named == set(SWEEP_FIGURES)  # every one the exporter writes, and nothing it does not
+
+
+# --- where the throughput at the SLO was found ----------------------------------------------------------
+
+def slo_result() -> SloResult:
+    def search(batch: int, met: float) -> Search:
+        s = Search(batch, 50.0, 2 * met, 3)
+        for rate, p99 in ((2 * met, 80.0), (met, 20.0), (1.5 * met, 70.0)):
+            s.record(Probe(rate, int(rate) + 1, 0, p99, p99 / 2))
+        return s
+    return SloResult(50.0, [search(1, 400.0), search(8, 90.0)], [search(8, 110.0)], seconds=1.2)
+
+
+def test_status_keeps_where_the_slo_figure_was_found_and_kubectl_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
+    full = slo_result().as_dict()
+    st = status_form(full)
+    assert st == {"sloMs": 50.0, "rowsPerS": 800.0, "batchSize": 8, "rateRps": 100.0, "inFlight": 1.0,
+                  "byBatchSize": {"1": 400.0, "8": 720.0}, "searches": 2}  # batch 8: 720 rows/s beats 400
+    schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"]["status"]["properties"]["sloSearch"]
+    assert conforms({"candidate": st, "baseline": st}, schema, "sloSearch") == []
+    assert "probes" not in json.dumps(st) and len(json.dumps(st)) < 400  # bounded: no probe list
+    assert conforms({"candidate": full}, schema, "sloSearch")  # the report's form would be pruned
+
+    kube = FakeKube()
+    kube.rollouts["ml", "r"] = {"metadata": {"name": "r", "namespace": "ml"},
+                                "spec": {"task": "binary-classification", "targetRef": {"name": "churn"}}}
+    writer = StatusWriter(kube, OperatorMetrics(CollectorRegistry()))
+    gate = {"index": 0, "metric": "throughput_at_slo_rps", "bound": "min", "threshold": 100.0, "verdict": "Pass",
+            "value": 800.0, "message": "ok"}
+    asyncio.run(writer.record({"name": "r", "namespace": "ml"}, {
+        "gates": [gate], "candidate": {"metrics": {"throughput_at_slo_rps": 800.0}}, "baseline": {"metrics": {}},
+        "sloSearch": {"candidate": st}}))
+    assert kube.rollouts["ml", "r"]["status"]["sloSearch"] == {"candidate": st}  # declared: not pruned
+    assert cmd_status(kube, argparse.Namespace(namespace="ml", kubeconfig=None, name="r")) == 0
+    out = capsys.readouterr().out
+    assert ("throughput at the 50 ms p99 SLO (open loop): candidate 800 rows/s at batch 8 (100 requests/s, "
+            "~1 in flight; mean of 2 searches)") in out

@@ -20,8 +20,8 @@ from modelrollout.core.report import (
     HEADER,
     SWEEP_HEADER,
     Report,
+    notes,
     rows,
-    slo_lines,
     sweep_legend,
     sweep_rows,
     to_json,
@@ -96,7 +96,7 @@ def write_report_dir(rep: Report, folder: Path, plots: dict[str, str]) -> dict[s
         "<h2>Load sweep</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in SWEEP_HEADER) + "</tr>"
         + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in sweep_rows(sw))
         + f"</table><p>{html.escape(sweep_legend(sw))}</p>")
-    sweep += "".join(f"<p>{html.escape(line)}</p>" for line in slo_lines(rep))
+    sweep += "".join(f"<p>{html.escape(line)}</p>" for line in notes(rep))
     imgs = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
                    for title, b64 in plots.items())
     verdict = "promote" if rep.decision.promote else "reject"

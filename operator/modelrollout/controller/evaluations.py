@@ -19,9 +19,10 @@ import aiohttp
 
 from modelrollout import holdout_source
 from modelrollout.controller.settings import Settings
-from modelrollout.core.pods import PodProblems, pod_problems, time_to_ready
+from modelrollout.core.pods import MeasuredPod, PodProblems, measured_pod, pod_problems, time_to_ready
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import gate_dict, sweep_status
+from modelrollout.core.slo import status_form
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.core.text import cap
 from modelrollout.evaluation import Variant, evaluate_servers
@@ -137,11 +138,15 @@ class Evaluations:
                         "perReplicaMemoryMiB": {v: ((report.details.get(v) or {}).get("capacity") or {}).get(
                             "perReplicaMemoryMiB") for v in ("candidate", "baseline")},
                         "memorySource": {v: (report.details.get(v) or {}).get("memorySource")
-                                         for v in ("candidate", "baseline")}},
+                                         for v in ("candidate", "baseline")},
+                        # with staging.replicas > 1: the pod whose load and memory the figures are
+                        "measuredPod": {v: (report.details.get(v) or {}).get("measuredPod")
+                                        for v in ("candidate", "baseline")}},
                     "evaluation": {"outcome": str(report.decision.outcome), "reason": report.decision.reason,
                                    "generation": int(meta.get("generation", 1))},
                     # bounded (STATUS_CELLS); None clears an earlier evaluation's table
                     "sweep": sweep_status(report.evidence.sweep) if report.evidence.sweep else None,
+                    "sloSearch": _slo_status(report),
                 })
                 self.metrics.figures.observe(report, name, ns)
             except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
@@ -173,42 +178,48 @@ class Evaluations:
             mem, cpu = pod_requests(((dep or {}).get("spec") or {}).get("template", {}).get("spec", {}))
             selector = tuple((((dep or {}).get("spec") or {}).get("template", {}).get("spec", {})
                               .get("nodeSelector") or {}).items())
+            labels = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+            pods = await run(self.kube.pods, sns, labels) if labels else []
+            # several replicas: the load and the memory readings go to one pod, so per replica is per pod
+            pod = measured_pod(pods) if spec.staging.replicas > 1 else None
+            if pod is not None:
+                url = self.settings.pod_url(sns, svc, pod, spec.serving.port)
             ep = Endpoint(url, spec.serving.model_name, spec.serving.protocol, spec.serving.timeout,
                           int(spec.serving.max_response_size), v, headers,
                           (spec.serving.outputs.labels, spec.serving.outputs.probabilities))
             memory, leak, where = await self._sources(sns, dep, PrometheusSource(url.rstrip("/") + "/metrics"),
-                                                      spec.staging.replicas)
-            labels = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
-            ready = time_to_ready(await run(self.kube.pods, sns, labels)) if labels else None
+                                                      spec.staging.replicas, pod)
             variants.append(Variant(v, ep, memory, mem, cpu, selector, leak_source=leak, memory_source=where,
-                                    time_to_ready_s=ready))
+                                    time_to_ready_s=time_to_ready(pods), measured_pod=pod))
         nodes = await run(self.kube.nodes)
         report, _ = await evaluate_servers(spec, holdout, variants[0], variants[1], nodes,
                                            lambda m: log.info("%s: %s", body["metadata"]["name"], m))
         return report
 
     async def _sources(self, ns: str, dep: Mapping[str, Any] | None, server: PrometheusSource,
-                       replicas: int) -> tuple[Source, Source, str]:
+                       replicas: int, pod: MeasuredPod | None) -> tuple[Source, Source, str]:
         """(memory source, leak-probe source, where memory comes from).
 
         metrics.k8s.io when the cluster serves it: it measures every container of the pod as the
-        kubelet (and the OOM killer) does. The leak probe needs samples fresher than
-        metrics-server's resolution, so it reads the server's own endpoint when that answers.
+        kubelet (and the OOM killer) does, every worker process included. The leak probe needs samples
+        fresher than metrics-server's resolution, so it reads the server's own endpoint when that
+        answers. With a measured pod, both read that pod only.
         """
         selector = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+        name, want = (pod.name, 1) if pod is not None else (None, replicas)
         deadline = time.monotonic() + self.settings.metrics_api_wait
-        pods = await run(self.kube.pod_usage, ns, selector) if selector else None
-        while pods is not None and len(pods) < replicas and time.monotonic() < deadline:
+        pods = await run(self.kube.pod_usage, ns, selector, name) if selector else None
+        while pods is not None and len(pods) < want and time.monotonic() < deadline:
             await asyncio.sleep(1.0)  # a new pod has usage after metrics-server's next scrape
-            pods = await run(self.kube.pod_usage, ns, selector)
-        if pods is None or len(pods) < replicas:
+            pods = await run(self.kube.pod_usage, ns, selector, name)
+        if pods is None or len(pods) < want:
             if pods is not None:
                 log.warning("%s: metrics.k8s.io has usage for %d of %d pods after %gs; using the server's "
-                            "/metrics", ns, len(pods), replicas, self.settings.metrics_api_wait)
+                            "/metrics", ns, len(pods), want, self.settings.metrics_api_wait)
             return server, server, "server /metrics"
 
         async def fetch() -> list[PodUsage]:
-            return await run(self.kube.pod_usage, ns, selector) or []
+            return await run(self.kube.pod_usage, ns, selector, name) or []
 
         usage = UsageSource(fetch, min_interval=5.0)
         try:
@@ -227,6 +238,13 @@ class Evaluations:
 
 def _finite(values: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and v == v and abs(v) != float("inf")}
+
+
+def _slo_status(report: Any) -> dict[str, Any] | None:
+    """Where each variant's throughput at the SLO was found (None clears an earlier evaluation's)."""
+    found = {v: status_form(d["sloSearch"]) for v in ("candidate", "baseline")
+             if (d := report.details.get(v)) and d.get("sloSearch")}
+    return found or None
 
 
 def _fig(report: Any, variant: str, name: str) -> float | None:

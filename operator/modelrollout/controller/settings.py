@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelrollout.core.pods import MeasuredPod
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -35,11 +37,19 @@ class Settings:
             metrics_api_wait=float(e.get("MODELROLLOUT_METRICS_API_WAIT", "60")),
         )
 
+    def _mapped(self, namespace: str, service: str) -> str | None:
+        if not self.service_addresses_file:
+            return None
+        path = Path(self.service_addresses_file)
+        mapping = json.loads(path.read_text()) if path.exists() else {}
+        got = mapping.get(f"{namespace}/{service}")
+        return None if got is None else str(got)
+
     def service_url(self, namespace: str, service: str, port: int) -> str:
         """The cluster DNS name in a cluster; the documented address map outside one."""
-        if self.service_addresses_file:
-            path = Path(self.service_addresses_file)
-            mapping = json.loads(path.read_text()) if path.exists() else {}
-            if f"{namespace}/{service}" in mapping:
-                return str(mapping[f"{namespace}/{service}"])
-        return f"http://{service}.{namespace}.svc:{port}"
+        return self._mapped(namespace, service) or f"http://{service}.{namespace}.svc:{port}"
+
+    def pod_url(self, namespace: str, service: str, pod: MeasuredPod, port: int) -> str:
+        """The pod's own address; outside a cluster, the address map's entry for its Service (there one
+        local server stands for every pod of it)."""
+        return self._mapped(namespace, service) or pod.url(port)

@@ -91,3 +91,31 @@ def _when(stamp: Any) -> datetime:
     if isinstance(stamp, datetime):
         return stamp
     return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class MeasuredPod:
+    """The one staging pod the load goes to when a variant has several replicas: per-replica figures
+    (latency, throughput, memory) are then that pod's own, not a Service's mix of pods."""
+
+    name: str
+    ip: str
+    replicas: int  # ready pods of the variant at the time
+
+    def url(self, port: int) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{port}"
+
+
+def measured_pod(pods: Sequence[Mapping[str, Any]]) -> MeasuredPod | None:
+    """The first ready pod by name that has an IP and is not on its way out (None when there is none)."""
+    ready = []
+    for p in pods:
+        meta, st = p.get("metadata") or {}, p.get("status") or {}
+        conds = {c.get("type"): c.get("status") for c in st.get("conditions") or []}
+        if conds.get("Ready") == "True" and st.get("podIP") and not meta.get("deletionTimestamp"):
+            ready.append((str(meta.get("name")), str(st["podIP"])))
+    if not ready:
+        return None
+    name, ip = min(ready)
+    return MeasuredPod(name, ip, len(ready))

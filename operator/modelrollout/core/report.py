@@ -143,7 +143,10 @@ def from_status(task: str, status: Mapping[str, Any]) -> Report:
     d = status.get("decision") or {}
     outcome = Outcome.PROMOTE if d.get("result") == "Promoted" else Outcome.REJECT
     reason = d.get("reason") or status.get("message") or str(status.get("phase") or "Pending")
-    return Report(task=task, evidence=ev, gates=gates, decision=Decision(outcome, reason))
+    slo, cap_ = status.get("sloSearch") or {}, status.get("capacity") or {}
+    details = {v: {"sloSearch": slo.get(v), "memorySource": (cap_.get("memorySource") or {}).get(v),
+                   "measuredPod": (cap_.get("measuredPod") or {}).get(v)} for v in ("candidate", "baseline")}
+    return Report(task=task, evidence=ev, gates=gates, decision=Decision(outcome, reason), details=details)
 
 
 STATUS_CELLS = 64  # cells of the sweep kept in status; the spec allows 16 x 17 = 272
@@ -280,6 +283,24 @@ def slo_lines(rep: Report) -> list[str]:
     return [f"throughput at the {slo:g} ms p99 SLO (open loop): " + "; ".join(describe(v, d) for v, d in found.items())]
 
 
+def source_lines(rep: Report) -> list[str]:
+    """Where each variant's memory came from and, with several replicas, which pod the load went to."""
+    parts = []
+    for v in ("candidate", "baseline"):
+        d = rep.details.get(v)
+        if not isinstance(d, Mapping) or not d.get("memorySource"):
+            continue
+        pod = d.get("measuredPod") or {}
+        of = f" of pod {pod['name']} ({pod['replicas']} replicas ready; the load went to it alone)" \
+            if pod.get("name") else ""
+        parts.append(f"{v} from {d['memorySource']}{of}")
+    return ["memory and per-replica figures: " + "; ".join(parts)] if parts else []
+
+
+def notes(rep: Report) -> list[str]:
+    return [*slo_lines(rep), *source_lines(rep)]
+
+
 def _decided_on(r: GateResult) -> str | None:
     """The interval a confidence gate decided on, labelled: Δ for the paired candidate − baseline one."""
     if r.confidence is None or r.interval is None:
@@ -306,8 +327,8 @@ def to_text(rep: Report) -> str:
     sw = rep.evidence.sweep
     if sw is not None:
         lines += [*_columns(SWEEP_HEADER, sweep_rows(sw)), sweep_legend(sw), ""]
-    slo = slo_lines(rep)
-    lines += [*slo, ""] if slo else []
+    extra = notes(rep)
+    lines += [*extra, ""] if extra else []
     lines.append(f"decision: {rep.decision.outcome} ({rep.decision.reason})")
     return "\n".join(lines)
 
@@ -325,8 +346,8 @@ def to_markdown(rep: Report) -> str:
         out += ["", "| " + " | ".join(SWEEP_HEADER) + " |", "|" + "---|" * len(SWEEP_HEADER)]
         out += ["| " + " | ".join(r) + " |" for r in sweep_rows(sw)]
         out += ["", sweep_legend(sw)]
-    slo = slo_lines(rep)
-    out += ["", *slo] if slo else []
+    extra = notes(rep)
+    out += ["", *extra] if extra else []
     failing = [g for g in rep.gates if not g.passed]
     if failing:
         out += ["", "**Gates not passed**", ""]

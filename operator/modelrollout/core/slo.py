@@ -18,8 +18,9 @@ the one with the most rows/s at the SLO; the repeats run at that batch size only
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -129,7 +130,7 @@ class SloResult:
     repeats: Sequence[Search]
     seconds: float  # load behind one search at the chosen batch size, for "how long would decide it"
 
-    @property
+    @cached_property
     def chosen(self) -> Search:
         return choose(self.first)
 
@@ -157,8 +158,18 @@ class SloResult:
                 "others": [s.as_dict() for s in self.first if s is not c]}
 
 
-def describe(label: str, d: Any) -> str:
-    """One variant's search in words, from `SloResult.as_dict` (the report's details)."""
+#: what `status.sloSearch` keeps of `SloResult.as_dict`: the headline and where it was found, not the probes
+STATUS_KEYS = ("sloMs", "rowsPerS", "batchSize", "rateRps", "inFlight", "byBatchSize")
+
+
+def status_form(d: Mapping[str, Any]) -> dict[str, Any]:
+    """One variant's search as status keeps it (bounded: one entry per batch size), `searches` a count."""
+    out = {k: d[k] for k in STATUS_KEYS if d.get(k) is not None}
+    return {**out, "searches": len(d["searches"]) if isinstance(d["searches"], list) else int(d["searches"])}
+
+
+def describe(label: str, d: Mapping[str, Any]) -> str:
+    """One variant's search in words, from `SloResult.as_dict` (the report's details) or `status_form`."""
     flight = f", ~{d['inFlight']:.3g} in flight" if d.get("inFlight") is not None else ""
     return (f"{label} {d['rowsPerS']:.4g} rows/s at batch {d['batchSize']} ({d['rateRps']:.4g} requests/s{flight}; "
-            f"mean of {len(d['searches'])} searches)")
+            f"mean of {status_form(d)['searches']} searches)")

@@ -214,9 +214,11 @@ class Kube:
                          label_selector=_selector(selector))
         return [self._dict(p) for p in out.items]
 
-    def pod_usage(self, ns: str, selector: Mapping[str, str]) -> list[tuple[float, float]] | None:
-        """(memory working set bytes, CPU cores) per pod matching `selector`, from metrics.k8s.io;
-        None when the cluster does not serve that API (no metrics-server, or it is unavailable)."""
+    def pod_usage(self, ns: str, selector: Mapping[str, str],
+                  name: str | None = None) -> list[tuple[float, float]] | None:
+        """(memory working set bytes, CPU cores) per pod matching `selector` (and named `name`, when
+        given), from metrics.k8s.io; None when the cluster does not serve that API (no metrics-server,
+        or it is unavailable)."""
         try:
             out = self._call(self.custom.list_namespaced_custom_object, "metrics.k8s.io", "v1beta1", ns, "pods",
                              label_selector=_selector(selector))
@@ -226,6 +228,8 @@ class Kube:
             raise
         pods = []
         for item in out.get("items", []):
+            if name is not None and (item.get("metadata") or {}).get("name") != name:
+                continue
             usage = [c.get("usage") or {} for c in item.get("containers") or []]
             pods.append((sum(_mem(u.get("memory")) for u in usage),
                          sum(_cpu_millis(u.get("cpu")) for u in usage) / 1000))
