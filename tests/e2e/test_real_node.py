@@ -83,7 +83,9 @@ def test_helm_install_stage_canary_promote_and_roll_back(real_node: RealNode, mo
     # the share of requests the canary pods served through production's Service, in the step's last 15 s
     share = (f'sum(rate(modelserver_requests_total{{namespace="{USER}", pod=~"churn-canary-.*"}}[15s])) / '
              f'sum(rate(modelserver_requests_total{{namespace="{USER}", pod=~"churn-.*"}}[15s]))')
-    node.rollout(USER, "good", "churn", server_args("good.skops"), promotion={
+    # two staging replicas each: the load and memory readings go to one pod, named in status
+    node.rollout(USER, "good", "churn", server_args("good.skops"), staging={"readyTimeout": "120s", "replicas": 2},
+                 promotion={
         "canary": {"steps": [{"weight": 50, "pause": "25s"}]},
         "gates": [{"name": "canary-serves", "query": canary_rate, "min": 0.5},
                   {"name": "canary-errors", "query": errors, "max": 0.01},
@@ -92,6 +94,15 @@ def test_helm_install_stage_canary_promote_and_roll_back(real_node: RealNode, mo
     assert st["phase"] == "Promoted", st
     # Real figures: memory from the containers' cgroups through metrics.k8s.io, capacity from the node.
     assert st["capacity"]["memorySource"] == {"candidate": "metrics.k8s.io", "baseline": "metrics.k8s.io"}
+    by_pod = st["capacity"]["measuredPod"]
+    assert {v: (m["name"].startswith(f"good-{v}-"), m["replicas"]) for v, m in by_pod.items()} == {
+        "candidate": (True, 2), "baseline": (True, 2)}, by_pod
+    # the measured pod served every prediction of the evaluation; its sibling none (per pod, not a mix)
+    served_by = {s["metric"]["pod"]: float(s["value"][1]) for s in node.prometheus.query(
+        f'sum by (pod) (max_over_time(modelserver_requests_total{{namespace="{USER}", pod=~"good-candidate-.*"}}'
+        '[15m]))')}
+    assert len(served_by) == 2 and served_by.pop(by_pod["candidate"]["name"]) > 500, served_by
+    assert list(served_by.values()) == [0.0], served_by
     mem = st["capacity"]["perReplicaMemoryMiB"]["candidate"]
     assert 40 < mem < 400, mem  # a Python model server, measured, not the 1 MiB a simulated pod reports
     alloc = node.get("default", "node", "mr-node")["status"]["allocatable"]["memory"]
