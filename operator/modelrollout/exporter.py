@@ -8,6 +8,9 @@ at the SLO and the fleet's). Every figure is `modelrollout_<name>{rollout, names
 sweep is `modelrollout_sweep_<figure>{rollout, namespace, variant, batch_size, concurrency}`, one
 series per cell (at most the spec's 16 batch sizes x 17 concurrencies), and
 `modelrollout_sweep_default_cell{rollout, namespace, batch_size, concurrency}` 1 marks the default cell.
+The hold-out is `modelrollout_holdout_info{rollout, namespace, sha256, schema_sha256}` 1, with
+`modelrollout_holdout_rows` and `modelrollout_holdout_size_bytes`: an alert can fire when a target's
+hold-out digest changes between rollouts.
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ class FigureExporter:
         self.sweep_default = Gauge("modelrollout_sweep_default_cell",
                                    "1 for the default cell of a rollout's load sweep (what gates naming no cell read).",
                                    ["rollout", "namespace", "batch_size", "concurrency"], registry=self.registry)
+        self.holdout_info = Gauge("modelrollout_holdout_info", "1 for the hold-out the last evaluation scored on: "
+                                  "the SHA-256 of its bytes and of its schema.",
+                                  ["rollout", "namespace", "sha256", "schema_sha256"], registry=self.registry)
+        self.holdout_rows = Gauge("modelrollout_holdout_rows", "Rows of the hold-out file the last evaluation read.",
+                                  ["rollout", "namespace"], registry=self.registry)
+        self.holdout_bytes = Gauge("modelrollout_holdout_size_bytes", "Size of the hold-out file, in bytes.",
+                                   ["rollout", "namespace"], registry=self.registry)
 
     def _gate(self, name: str, doc: str) -> Gauge:
         return Gauge(f"modelrollout_gate_{name}", doc, GATE_LABELS, registry=self.registry)
@@ -102,6 +112,19 @@ class FigureExporter:
             self.gate_inconclusive.labels(*labels).set(1.0 if str(r.verdict) == "Inconclusive" else 0.0)
         self.promote.labels(rollout, namespace).set(1.0 if rep.decision.promote else 0.0)
         self._observe_sweep(rep.evidence.sweep, rollout, namespace)
+        self._observe_holdout(rep, rollout, namespace)
+
+    def _observe_holdout(self, rep: Report, rollout: str, namespace: str) -> None:
+        """One info series per rollout: the digest of a new file replaces the old one's."""
+        h, keep = rep.holdout, set()
+        if h.get("sha256"):
+            labels = (rollout, namespace, str(h["sha256"]), str(h.get("schemaSha256", "")))
+            self.holdout_info.labels(*labels).set(1.0)
+            keep.add(labels)
+            for g, key in ((self.holdout_rows, "rows"), (self.holdout_bytes, "bytes")):
+                if h.get(key) is not None:
+                    g.labels(rollout, namespace).set(float(h[key]))
+        forget_series([self.holdout_info], rollout, namespace, keep=keep)
 
     def _observe_sweep(self, sw: Sweep | None, rollout: str, namespace: str) -> None:
         """One series per cell, variant and figure; a cell no longer swept (or without the figure) is dropped."""
@@ -126,7 +149,8 @@ class FigureExporter:
     def forget(self, rollout: str, namespace: str) -> None:
         """Remove every series of a deleted rollout, so dashboards and alerts stop showing it."""
         forget_series([*self._figures.values(), self.gate_value, self.gate_threshold, self.gate_passed,
-                       self.gate_inconclusive, self.promote, *self.sweep.values(), self.sweep_default],
+                       self.gate_inconclusive, self.promote, *self.sweep.values(), self.sweep_default,
+                       self.holdout_info, self.holdout_rows, self.holdout_bytes],
                       rollout, namespace)
 
 

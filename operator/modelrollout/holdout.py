@@ -9,14 +9,13 @@ decoding where the format allows it.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import io
 import json
 import re
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,10 @@ class DataTooLarge(DataError):
 
 class OutOfMemory(DataTooLarge):
     """Parsing hit a MemoryError: in the operator, the parsing process's memory budget."""
+
+
+class DataChanged(DataError):
+    """The bytes do not have the SHA-256 the spec pinned: the hold-out is not the one the rollout was written for."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,13 @@ def detect_format(name: str, fmt: str | None = None) -> str:
 
 
 def read_table(source: str | Path | bytes, name: str | None = None, fmt: str | None = None,
-               max_bytes: float | None = None, bounds: Bounds | None = None) -> pd.DataFrame:
-    """A DataFrame from a path or raw bytes; `name` gives the format when source is bytes."""
+               max_bytes: float | None = None, bounds: Bounds | None = None,
+               sha256: str | None = None) -> pd.DataFrame:
+    """A DataFrame from a path or raw bytes; `name` gives the format when source is bytes.
+
+    The bytes' SHA-256 and size go in `df.attrs` (prepare() puts them in the fingerprint); with
+    `sha256`, other bytes are refused before parsing.
+    """
     label = name or (str(source) if not isinstance(source, bytes) else "hold-out")
     kind = detect_format(label, fmt)
     if isinstance(source, bytes):
@@ -79,6 +87,10 @@ def read_table(source: str | Path | bytes, name: str | None = None, fmt: str | N
         raise DataTooLarge(f"{label}: {len(data)} bytes is larger than the limit of {int(max_bytes)}")
     if not data.strip():
         raise DataError(f"{label}: the file is empty")
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256.lower():
+        raise DataChanged(f"{label}: spec.holdout.sha256 pins {sha256.lower()}, but the data read has sha256 "
+                          f"{digest}; pin the new digest if the change is intended")
     try:
         if bounds is not None:
             _check_encoded(data, kind, bounds)
@@ -94,6 +106,7 @@ def read_table(source: str | Path | bytes, name: str | None = None, fmt: str | N
         raise DataError(f"{label}: not a valid {kind} file ({type(e).__name__}{_where(e)})") from None
     if df.shape[0] == 0:
         raise DataError(f"{label}: the file has no rows")
+    df.attrs.update(sha256=digest, bytes=len(data))
     return df
 
 
@@ -207,6 +220,7 @@ class Holdout:
     labels: np.ndarray
     slices: dict[str, list[Any]]
     summary: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -261,8 +275,10 @@ def prepare(
     if bounds is not None:
         check_bounds(df, bounds, slice_columns, lambda c: repr(c) if echo_columns or c in named else
                      f"{position[c]} of {len(cols)}", name, min(df.shape[0], max_rows or df.shape[0]))
+    fp = fingerprint(df, shown)
     if max_rows is not None and df.shape[0] > max_rows:
         df = df.sample(n=max_rows, random_state=seed).sort_index()
+    fp["rowsUsed"] = int(df.shape[0])
     summary = summarize(df, label_column, task, shown)
     y = df[label_column]
     if y.isna().any():
@@ -282,7 +298,26 @@ def prepare(
         labels=y.to_numpy(),
         slices={c: df[c].astype(str).tolist() for c in slice_columns},
         summary=summary,
+        fingerprint=fp,
     )
+
+
+SCHEMA_SHOWN = 64  # columns listed in a fingerprint's schema; its digest covers them all
+
+
+def fingerprint(df: pd.DataFrame, shown: Callable[[str], str] = str) -> dict[str, Any]:
+    """What identifies a hold-out: its bytes' SHA-256 and size (from read_table), rows, columns and schema.
+
+    The schema is each column's name (as `shown` renders it: a position for a header the reader
+    must not see) and pandas dtype; `schemaSha256` hashes all of it, so two files with the same
+    columns have the same one even when their bytes differ.
+    """
+    schema = [{"name": shown(str(c)), "type": str(t)} for c, t in df.dtypes.items()]
+    canonical = json.dumps([[c["name"], c["type"]] for c in schema], separators=(",", ":")).encode()
+    out: dict[str, Any] = {"sha256": df.attrs.get("sha256"), "bytes": df.attrs.get("bytes"),
+                           "rows": int(df.shape[0]), "columns": int(df.shape[1]),
+                           "schemaSha256": hashlib.sha256(canonical).hexdigest(), "schema": schema[:SCHEMA_SHOWN]}
+    return out
 
 
 def check_bounds(df: pd.DataFrame, b: Bounds, slice_columns: Sequence[str], show: Callable[[str], str] = repr,
@@ -348,68 +383,3 @@ def read_predictions(path: str | Path, *, task: Task, column: str = "prediction"
     if task == "multiclass-classification" and proba:
         return PredictionFile(labels, df[proba].to_numpy(dtype=np.float64), [c[6:] for c in proba])
     return PredictionFile(labels, None, None)
-
-
-# --- parsing in a child process with a memory cap (the operator's way to read a tenant's file) ---
-@dataclass(frozen=True)
-class ParseJob:
-    """What a parsing child needs, as plain values: the child imports this module and nothing else."""
-
-    name: str
-    fmt: str | None
-    task: Task
-    label_column: str
-    feature_columns: list[str] | None
-    slice_columns: list[str]
-    max_rows: int | None
-    seed: int
-    echo_columns: bool
-    bounds: Bounds
-    budget: int  # bytes the parse may allocate beyond the libraries already loaded
-
-
-def cap_memory(budget: int) -> int:
-    """Cap this process's data segment (RLIMIT_DATA) at what it holds now plus `budget`; returns the cap.
-
-    RLIMIT_DATA counts heap and private writable mappings, where pandas, numpy and pyarrow
-    allocate; RLIMIT_AS also counts address space reserved and never used (about 400 MiB once
-    pandas and pyarrow are imported), so it fails real files early. What the process holds now
-    is mostly virtual too: OpenBLAS reserves some 40 MiB per core at import, so the cap is
-    relative, or it would leave nothing on a large node.
-    """
-    import resource
-
-    held = 0
-    with contextlib.suppress(OSError, ValueError, IndexError, StopIteration):
-        held = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                    if line.startswith("VmData:"))
-    soft, hard = held + budget, resource.getrlimit(resource.RLIMIT_DATA)[1]
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (soft, soft if hard == resource.RLIM_INFINITY else hard))
-    return soft
-
-
-def parse_bounded(conn: Connection, job: ParseJob) -> None:
-    """A child process's entry: cap memory, take the bytes, parse and check, send back the Holdout
-    or ("memory",), ("too-large", message), ("invalid", message)."""
-    cap_memory(job.budget)
-    try:
-        data = conn.recv_bytes()
-        df = read_table(data, job.name, job.fmt, bounds=job.bounds)
-        del data
-        hold = prepare(df, task=job.task, label_column=job.label_column, feature_columns=job.feature_columns,
-                       slice_columns=job.slice_columns, max_rows=job.max_rows, seed=job.seed, name=job.name,
-                       echo_columns=job.echo_columns, bounds=job.bounds)
-        del df
-        conn.send(("ok", hold))
-    except (MemoryError, OutOfMemory):
-        conn.send(("memory",))
-    except DataTooLarge as e:
-        conn.send(("too-large", str(e)))
-    except DataError as e:
-        conn.send(("invalid", str(e)))
-    except Exception as e:  # a bug or a reader's surprise: its type only, its text may quote data
-        conn.send(("invalid", f"{job.name}: cannot parse ({type(e).__name__})"))
-    finally:
-        conn.close()

@@ -4,58 +4,41 @@ Whoever may create a ModelRollout in a namespace picks the source, so each one i
 URLs reach only hosts the operator's admin listed (and never a loopback, link-local or
 metadata address behind a listed name); a Secret's token goes only to the host its owner
 pinned; PVC paths stay inside the rollout namespace's claim folder; bytes are counted against
-spec.holdout.maxSize as they arrive. Parsing runs in a spawned child process under a memory
-rlimit, because a file of a few hundred KiB can expand to gigabytes and the operator's own
-container has a hard limit. Messages give counts and the names the spec wrote, never data.
+spec.holdout.maxSize as they arrive. Parsing runs in a child process under a memory cap
+(holdout_parse.py). Messages give counts and the names the spec wrote, never data.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
-import multiprocessing as mp
 import os
 import re
 import socket
 import stat
-import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from modelrollout.core.quality import DataError
 from modelrollout.core.spec import Holdout as HoldoutSpec
 from modelrollout.core.spec import ModelRolloutSpec
-from modelrollout.core.text import cap
-from modelrollout.holdout import Bounds, Holdout, ParseJob, parse_bounded
+from modelrollout.holdout import Bounds, Holdout
+from modelrollout.holdout_parse import MESSAGE_LIMIT, MIB, HoldoutError, ParseJob, parse
 
-MIB = 2**20
-MESSAGE_LIMIT = 400
+__all__ = ["MESSAGE_LIMIT", "HoldoutError", "Reach", "fetch", "load"]
+
 ANNOTATION_TOKEN_HOST = "modelrollout.dev/token-host"
 HOSTS_HELM_VALUE = "operator.holdoutUrlHosts"
-Reason = Literal["HoldoutNotFound", "HoldoutInvalid", "HoldoutRefused", "HoldoutTooLarge"]
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _HOSTNAME = re.compile(r"^[a-z0-9_]([-a-z0-9_.]*[a-z0-9_])?$")
 _METADATA = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
-
-
-class HoldoutError(DataError):
-    """A hold-out that cannot be used, with the condition reason for status; the message is capped."""
-
-    def __init__(self, message: str, reason: Reason) -> None:
-        super().__init__(cap(message, MESSAGE_LIMIT))
-        self.reason: Reason = reason
 
 
 @dataclass(frozen=True)
@@ -355,11 +338,6 @@ def _read_pvc(h: HoldoutSpec, ns: str, reach: Reach, limit: int) -> tuple[bytes,
         os.close(fd)
 
 
-# --- parsing in a child process -----------------------------------------------------------
-# One parse at a time, whatever the event loop; waiting parses hold no thread of the default executor.
-_ONE_PARSE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="holdout-parse")
-
-
 async def load(data: bytes, name: str, spec: ModelRolloutSpec, reach: Reach, *, echo_columns: bool) -> Holdout:
     """Parse and check the hold-out in a spawned child under the memory budget; one parse at a time.
 
@@ -368,46 +346,5 @@ async def load(data: bytes, name: str, spec: ModelRolloutSpec, reach: Reach, *, 
     """
     h = spec.holdout
     job = ParseJob(name, h.format, spec.task, h.label_column, h.feature_columns, list(h.slice_columns), h.max_rows,
-                   h.seed, echo_columns, reach.bounds, reach.memory_budget)
-    return await asyncio.get_running_loop().run_in_executor(_ONE_PARSE, _parse_in_child, data, job,
-                                                            reach.parse_timeout)
-
-
-def _parse_in_child(data: bytes, job: ParseJob, timeout: float) -> Holdout:
-    over = HoldoutError(f"{job.name}: parsing needs more than the operator's hold-out memory budget of "
-                        f"{job.budget // MIB} MiB (MODELROLLOUT_HOLDOUT_MEMORY_MIB); make the file smaller",
-                        "HoldoutTooLarge")
-    ctx = mp.get_context("spawn")  # never fork the operator: it runs threads and an event loop
-    ours, theirs = ctx.Pipe()
-    # the child imports holdout.py only (pandas, pyarrow), not this module's HTTP stack
-    proc = ctx.Process(target=parse_bounded, args=(theirs, job), daemon=True, name="holdout-parse")
-    proc.start()
-    theirs.close()
-    # a thread feeds the pipe, so a child that never reads cannot hold this one past the timeout
-    sender = threading.Thread(target=_send, args=(ours, data), daemon=True, name="holdout-send")
-    sender.start()
-    try:
-        if not ours.poll(timeout):
-            proc.kill()
-            raise HoldoutError(f"{job.name}: parsing took more than {timeout:g}s", "HoldoutTooLarge")
-        answer: tuple[Any, ...] = ours.recv()
-    except (EOFError, OSError):  # the child died without answering: the kernel's OOM killer, a crash
-        raise over from None
-    finally:
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        sender.join()  # done: the child read it all, or died and the pipe broke
-        ours.close()
-    if answer[0] == "ok":
-        result: Holdout = answer[1]
-        return result
-    if answer[0] == "memory":
-        raise over
-    raise HoldoutError(answer[1], "HoldoutTooLarge" if answer[0] == "too-large" else "HoldoutInvalid")
-
-
-def _send(conn: Connection, data: bytes) -> None:
-    with contextlib.suppress(OSError):
-        conn.send_bytes(data)
+                   h.seed, echo_columns, reach.bounds, reach.memory_budget, h.sha256)
+    return await parse(data, job, reach.parse_timeout)

@@ -12,6 +12,7 @@ chart's 1 GiB limit while it read a Parquet bomb and a 700 KiB slice cell.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import threading
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.e2e
 TERMINAL = {"Promoted", "RolledBack", "Failed"}
 SECRET_WORD = "hunter2-do-not-echo"
 CHART_LIMIT = 2**30
+PIN = "0" * 63 + "a"  # a pinned hold-out digest no file has
 
 
 @dataclass
@@ -86,6 +88,8 @@ def _cases(tenant: str, victim: str, port: int) -> list[Case]:
              {"holdout": {**pvc, "labelColumn": "nope", "url": {"url": f"{url}/secret.csv"}}}),
         Case("parquet-bomb", "Failed", "HoldoutTooLarge",
              {"holdout": {"configMapRef": {"name": "bomb", "key": "h.parquet"}}}),
+        Case("pinned", "Failed", f"HoldoutChanged hold-out: configmap/holdout/holdout.csv: spec.holdout.sha256 pins "
+             f"{PIN}, but the data read has sha256 ", {"holdout": {"sha256": PIN.upper()}}),
         Case("fat-cell", "Failed", "region",
              {"holdout": {"configMapRef": {"name": "fatcell", "key": "h.csv"}, "sliceColumns": ["region"]}}),
         # refused during the evaluation or the canary: production restored, no loop
@@ -283,6 +287,7 @@ def test_hostile_manifests(cluster: Cluster, operator: Operator, models: Models,
             assert word not in json.dumps(st), (name, word)
     assert SECRET_WORD not in json.dumps(statuses["url-echo"]) and "x0" not in statuses["url-echo"]["message"]
     assert "region" in statuses["fat-cell"]["message"]
+    assert hashlib.sha256(models.holdout_csv.encode()).hexdigest() in statuses["pinned"]["message"]  # both named
 
     # the token was never sent: the Secret does not pin the hold-out host
     assert f"Bearer {SECRET_WORD}" not in holdout_host.auth

@@ -7,6 +7,7 @@ did not all pass.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Any
 
@@ -48,6 +49,10 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models) -> None:
                 "requests", "errors", "seconds"} <= set(c), c
         assert c["rowsPerS"] > 0 and c["latencyPerSampleP99Ms"] > 0
     assert all(g["verdict"] == "Pass" for g in st["gates"]) and len(st["gates"]) == 5
+    digest = hashlib.sha256(models.holdout_csv.encode()).hexdigest()  # of the ConfigMap's bytes, as applied
+    rows = models.holdout_csv.strip().count("\n")
+    assert st["holdout"]["sha256"] == digest and st["holdout"]["rows"] == st["holdout"]["rowsUsed"] == rows
+    assert st["holdout"]["bytes"] == len(models.holdout_csv.encode()) and len(st["holdout"]["schemaSha256"]) == 64
     assert st["decision"]["result"] == "Promoted"
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["observedGeneration"] == 1
@@ -55,6 +60,9 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models) -> None:
     metrics = scenario.op.metrics()
     ns = scenario.ns
     assert f'modelrollout_f1{{namespace="{ns}",rollout="good",variant="candidate"}}' in metrics
+    schema = st["holdout"]["schemaSha256"]
+    info = f'modelrollout_holdout_info{{namespace="{ns}",rollout="good",schema_sha256="{schema}",sha256="{digest}"}}'
+    assert f"{info} 1.0" in metrics
     assert f'modelrollout_sweep_rows_per_second{{batch_size="{sweep["batchSizes"][0]}"' in metrics
     assert f'modelrollout_rollout_phase{{namespace="{ns}",phase="Promoted",rollout="good"}} 1.0' in metrics
     assert f'modelrollout_gate_passed{{bound="min",dry_run="false",gate="0",metric="f1",namespace="{ns}"' in metrics

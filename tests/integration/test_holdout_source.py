@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -351,3 +352,17 @@ def test_a_killed_or_overrunning_child_is_too_large_and_leaves_no_process() -> N
                                                      echo_columns=True)))
     assert "parsing took more than 0.5s" in msg
     assert parsers() == []
+
+
+def test_a_pinned_digest_is_checked_in_the_parsing_child_and_the_fingerprint_comes_back() -> None:
+    data = b"x,region,label\n" + b"".join(f"{i},{'eu' if i % 3 else 'us'},{i % 2}\n".encode() for i in range(500))
+    digest = hashlib.sha256(data).hexdigest()
+    hold = asyncio.run(load(data, "configmap/h/h.csv", rollout(sha256=digest, maxRows=100), Reach(),
+                            echo_columns=True))
+    fp = hold.fingerprint
+    assert (fp["sha256"], fp["bytes"], fp["rows"], fp["rowsUsed"], fp["columns"]) == (digest, len(data), 500, 100, 3)
+    changed = data.replace(b"eu", b"EU", 1)
+    with pytest.raises(HoldoutError) as e:
+        asyncio.run(load(changed, "configmap/h/h.csv", rollout(sha256=digest), Reach(), echo_columns=True))
+    assert e.value.reason == "HoldoutChanged"
+    assert f"pins {digest}, but the data read has sha256 {hashlib.sha256(changed).hexdigest()}" in str(e.value)

@@ -64,7 +64,8 @@ def conforms(value: Any, schema: dict[str, Any], path: str = "sweep") -> list[st
         out = [f"{path} has {len(value)} items > {schema['maxItems']}"] if len(value) > schema.get("maxItems", 1e9) \
             else []
         return out + [p for i, v in enumerate(value) for p in conforms(v, schema["items"], f"{path}[{i}]")]
-    ok = {"integer": isinstance(value, int), "number": isinstance(value, int | float)}.get(str(kind), False)
+    ok = {"integer": isinstance(value, int), "number": isinstance(value, int | float),
+          "string": isinstance(value, str)}.get(str(kind), False)
     return [] if ok and not isinstance(value, bool) else [f"{path}: {value!r} is not {kind}"]
 
 

@@ -47,7 +47,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     path = Path(hold_file)
     if not path.is_absolute() and not args.holdout:
         path = Path(args.file).parent / path
-    hold = prepare(read_table(path, fmt=spec.holdout.format, max_bytes=spec.holdout.max_size),
+    hold = prepare(read_table(path, fmt=spec.holdout.format, max_bytes=spec.holdout.max_size,
+                              sha256=spec.holdout.sha256),
                    task=spec.task, label_column=spec.holdout.label_column,
                    feature_columns=spec.holdout.feature_columns, slice_columns=spec.holdout.slice_columns,
                    max_rows=spec.holdout.max_rows, seed=spec.holdout.seed, name=str(path))

@@ -57,7 +57,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         Predicted(base.labels, base.scores, base.classes) if base else None, gf.quality,
         positive_label=args.positive_label, n_features=hold.features.shape[1], slices=hold.slices,
     )
-    rep = build_report(task, gf.gates, cmp, data_quality=hold.summary)
+    rep = build_report(task, gf.gates, cmp, data_quality=hold.summary, holdout=hold.fingerprint)
     write_outputs(rep, args)
     return EXIT_PROMOTE if rep.decision.promote else EXIT_REJECT
 

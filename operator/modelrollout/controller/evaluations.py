@@ -35,6 +35,7 @@ from modelrollout.serving.client import Endpoint, ServerError
 from modelrollout.status import StatusWriter
 
 log = logging.getLogger("modelrollout")
+HOLDOUT_STATUS = ("sha256", "bytes", "rows", "rowsUsed", "columns", "schemaSha256")  # not the schema: bounded
 POD_STATUS_SETTLE = 5.0  # seconds for the kubelet to report why a server its clients saw die died
 
 
@@ -147,6 +148,7 @@ class Evaluations:
                     # bounded (STATUS_CELLS); None clears an earlier evaluation's table
                     "sweep": sweep_status(report.evidence.sweep) if report.evidence.sweep else None,
                     "sloSearch": _slo_status(report),
+                    "holdout": {k: v for k, v in report.holdout.items() if k in HOLDOUT_STATUS} or None,
                 })
                 self.metrics.figures.observe(report, name, ns)
             except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
@@ -187,7 +189,7 @@ class Evaluations:
             ep = Endpoint(url, spec.serving.model_name, spec.serving.protocol, spec.serving.timeout,
                           int(spec.serving.max_response_size), v, headers,
                           (spec.serving.outputs.labels, spec.serving.outputs.probabilities))
-            memory, leak, where = await self._sources(sns, dep, PrometheusSource(url.rstrip("/") + "/metrics"),
+            memory, leak, where = await self._sources(sns, labels, PrometheusSource(url.rstrip("/") + "/metrics"),
                                                       spec.staging.replicas, pod)
             variants.append(Variant(v, ep, memory, mem, cpu, selector, leak_source=leak, memory_source=where,
                                     time_to_ready_s=time_to_ready(pods), measured_pod=pod))
@@ -196,7 +198,7 @@ class Evaluations:
                                            lambda m: log.info("%s: %s", body["metadata"]["name"], m))
         return report
 
-    async def _sources(self, ns: str, dep: Mapping[str, Any] | None, server: PrometheusSource,
+    async def _sources(self, ns: str, selector: Mapping[str, str], server: PrometheusSource,
                        replicas: int, pod: MeasuredPod | None) -> tuple[Source, Source, str]:
         """(memory source, leak-probe source, where memory comes from).
 
@@ -205,7 +207,6 @@ class Evaluations:
         fresher than metrics-server's resolution, so it reads the server's own endpoint when that
         answers. With a measured pod, both read that pod only.
         """
-        selector = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
         name, want = (pod.name, 1) if pod is not None else (None, replicas)
         deadline = time.monotonic() + self.settings.metrics_api_wait
         pods = await run(self.kube.pod_usage, ns, selector, name) if selector else None
@@ -227,7 +228,6 @@ class Evaluations:
             return usage, server, "metrics.k8s.io"
         except (RuntimeError, OSError, aiohttp.ClientError, TimeoutError):
             return usage, usage, "metrics.k8s.io"
-
 
     def forget(self, uid: str) -> None:
         for key in [k for k in self.tasks if k.startswith(uid)]:

@@ -55,7 +55,7 @@ def build_report(
     task: Task, gates: Sequence[Gate], quality: Comparison | None, *,
     candidate_system: SystemFigures | None = None, baseline_system: SystemFigures | None = None,
     data_quality: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None,
-    level: float = 0.95,
+    level: float = 0.95, holdout: Mapping[str, Any] | None = None,
 ) -> Report:
     """Gather every figure into one Evidence, run the gates and decide."""
     cand: dict[str, float] = {}
@@ -102,5 +102,5 @@ def build_report(
         task=task, evidence=ev, gates=results, decision=decide(results),
         candidate_quality=quality.candidate if quality else None,
         baseline_quality=quality.baseline if quality else None,
-        data_quality=dict(data_quality or {}), details=dict(details or {}),
+        data_quality=dict(data_quality or {}), details=dict(details or {}), holdout=dict(holdout or {}),
     )

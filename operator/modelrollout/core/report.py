@@ -16,6 +16,8 @@ JSON schema `modelrollout.dev/report/v1` (the operator, the exporter and CI read
     candidate     {metrics, undefined, slices, confusionMatrix} ; baseline: the same, or null;
                   `undefined` says why each null figure has no value
     dataQuality   {rows, columns, missing, duplicateRows, labels}
+    holdout       the hold-out's fingerprint, or null: {sha256, bytes, rows, rowsUsed, columns, schemaSha256,
+                  schema: [{name, type}] (the first 64 columns)}; sha256 is of the file's bytes
     sweep         the load sweep, or null: {batchSizes, concurrencies, default: {batchSize, concurrency},
                   cells: [{batchSize, concurrency, default, candidate, baseline}]}, each variant's cell
                   {requests, errors, seconds, latencyMs, latencyPerSampleMs (by p50 p90 p95 p99 p999 max),
@@ -50,6 +52,7 @@ class Report:
     baseline_quality: QualityReport | None = None
     data_quality: Mapping[str, Any] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)
+    holdout: Mapping[str, Any] = field(default_factory=dict)  # its fingerprint
 
     def figure_names(self) -> list[str]:
         names = list(self.evidence.candidate)
@@ -116,6 +119,7 @@ def to_json(rep: Report) -> dict[str, Any]:
         "candidate": _quality(rep.candidate_quality),
         "baseline": _quality(rep.baseline_quality),
         "dataQuality": dict(rep.data_quality),
+        "holdout": dict(rep.holdout) or None,
         "details": dict(rep.details),
         "sweep": ev.sweep.as_dict() if ev.sweep else None,
     }
@@ -146,7 +150,8 @@ def from_status(task: str, status: Mapping[str, Any]) -> Report:
     slo, cap_ = status.get("sloSearch") or {}, status.get("capacity") or {}
     details = {v: {"sloSearch": slo.get(v), "memorySource": (cap_.get("memorySource") or {}).get(v),
                    "measuredPod": (cap_.get("measuredPod") or {}).get(v)} for v in ("candidate", "baseline")}
-    return Report(task=task, evidence=ev, gates=gates, decision=Decision(outcome, reason), details=details)
+    return Report(task=task, evidence=ev, gates=gates, decision=Decision(outcome, reason), details=details,
+                  holdout=status.get("holdout") or {})
 
 
 STATUS_CELLS = 64  # cells of the sweep kept in status; the spec allows 16 x 17 = 272
@@ -298,7 +303,17 @@ def source_lines(rep: Report) -> list[str]:
 
 
 def notes(rep: Report) -> list[str]:
-    return [*slo_lines(rep), *source_lines(rep)]
+    return [*slo_lines(rep), *source_lines(rep), *holdout_lines(rep)]
+
+
+def holdout_lines(rep: Report) -> list[str]:
+    """The fingerprint both variants were scored on, whole: a digest is for comparing, not reading."""
+    h = rep.holdout
+    if not h or not h.get("sha256"):
+        return []
+    used = f" ({h['rowsUsed']} used)" if h.get("rowsUsed") not in (None, h.get("rows")) else ""
+    return [f"hold-out: {h.get('rows')} rows{used} x {h.get('columns')} columns, {h.get('bytes')} bytes, "
+            f"sha256 {h['sha256']}, schema sha256 {h.get('schemaSha256')}"]
 
 
 def _decided_on(r: GateResult) -> str | None:

@@ -135,6 +135,7 @@ class Holdout(_Model):
     max_rows: int | None = Field(None, ge=1, le=10_000_000)
     max_size: Annotated[float, _bytes(1024 * MIB)] = 256 * 2**20
     seed: int = 0
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None  # refuse any other bytes
 
     @model_validator(mode="after")
     def _one_source(self) -> Holdout:
