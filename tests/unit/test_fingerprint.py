@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -25,9 +26,9 @@ from tests.unit.test_sweep_outputs import conforms
 CSV = b"age,region,label\n31,north,1\n45,south,0\n27,north,1\n52,east,0\n"
 
 
-def _hold(data: bytes, **kw: object) -> dict[str, object]:
+def _hold(data: bytes, **kw: Any) -> dict[str, Any]:
     df = read_table(data, "h.csv")
-    return prepare(df, task="binary-classification", label_column="label", name="h.csv", **kw).fingerprint  # type: ignore[arg-type]
+    return prepare(df, task="binary-classification", label_column="label", name="h.csv", **kw).fingerprint
 
 
 def test_fingerprint_is_the_bytes_digest_shape_and_schema() -> None:
@@ -72,7 +73,7 @@ def test_a_pinned_digest_refuses_other_bytes_naming_both() -> None:
         parse_spec({**spec, "holdout": {"file": "h.csv", "labelColumn": "label", "sha256": "abc"}})
 
 
-def _report(fp: dict[str, object]) -> Report:
+def _report(fp: dict[str, Any]) -> Report:
     return Report(task="binary-classification", evidence=Evidence({"f1": 0.9}, None), gates=[],
                   decision=Decision(Outcome.PROMOTE, "all gates passed"), holdout=fp)
 
