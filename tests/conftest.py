@@ -89,3 +89,49 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(kubeconfig, bindir)
     finally:
         subprocess.run([str(SCRIPT), "down"], capture_output=True, timeout=120)
+
+
+MLFLOW_VENV = Path(os.environ.get("MODELROLLOUT_MLFLOW_VENV", Path.home() / ".cache/modelrollout/mlflow-venv"))
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server (`mlflow server`, SQLite backend, artifacts proxied to a local folder) on
+    127.0.0.1, from its own venv (./dev test installs it); one per test process, about 15 s to start."""
+    import socket
+    import time
+    import urllib.request
+
+    d = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (d / "server.log").open("w")
+    proc = subprocess.Popen([str(MLFLOW_VENV / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                             str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
+                             "--artifacts-destination", str(d / "artifacts")],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"mlflow server did not start: {(d / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield MlflowServer(url, d)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+        log.close()

@@ -25,6 +25,9 @@ class OperatorMetrics:
                                       buckets=(5, 15, 30, 60, 120, 300, 600, 1200), registry=registry)
         self.eval_errors = Counter("modelrollout_evaluation_errors_total", "Evaluations that failed.",
                                    ["namespace"], registry=registry)
+        self.tracking_failures = Counter("modelrollout_tracking_failures_total",
+                                         "Evaluations the MLflow tracking server did not record (the decision stood).",
+                                         ["namespace"], registry=registry)
         self.reconcile_errors = Counter("modelrollout_reconcile_errors_total", "Reconciles that raised.",
                                         registry=registry)
         self.in_flight = Gauge("modelrollout_evaluations_in_progress", "Evaluations running now.",
@@ -68,3 +71,4 @@ class OperatorMetrics:
         for result in TERMINAL:  # counters exist at 0 before the first decision, so increase() sees it
             self.decisions.labels(ns, result)
         self.eval_errors.labels(ns)
+        self.tracking_failures.labels(ns)

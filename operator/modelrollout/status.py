@@ -21,7 +21,7 @@ from modelrollout.opmetrics import OperatorMetrics
 
 log = logging.getLogger("modelrollout")
 RECORDS = frozenset({"candidate", "baseline", "gates", "capacity", "evaluation", "canary", "traffic",
-                     "sweep", "sloSearch", "holdout"})
+                     "sweep", "sloSearch", "holdout", "tracking"})
 
 
 def now() -> datetime:

@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeClassifier
 
-from tests.conftest import ROOT, Cluster
+from tests.conftest import ROOT, Cluster, MlflowServer
 from tests.integration.conftest import _wait, free_port
 
 REAL_NODE_NS = "real-"  # prefix of the namespaces tests on the real node use
@@ -194,7 +194,8 @@ class Operator:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(cluster: Cluster, prometheus: Prometheus, mlflow_server: MlflowServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     d = tmp_path_factory.mktemp("operator")
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     # Gateway API (standard channel, from its Go module): HTTPRoutes for canary traffic routing
@@ -209,7 +210,7 @@ def operator(cluster: Cluster, prometheus: Prometheus, tmp_path_factory: pytest.
               "MODELROLLOUT_HOLDOUT_URL_HOSTS": f"127.0.0.1:{op.holdout_port}",
               "MODELROLLOUT_PVC_ROOT": str(op.pvc_root), "MODELROLLOUT_HOLDOUT_MEMORY_MIB": "384",
               "MODELROLLOUT_METRICS_PORT": str(op.metrics_port), "MODELROLLOUT_RECONCILE_INTERVAL": "1",
-              "MODELROLLOUT_PROMETHEUS_URL": prometheus.url,
+              "MODELROLLOUT_PROMETHEUS_URL": prometheus.url, "MODELROLLOUT_MLFLOW_TRACKING_URI": mlflow_server.url,
               "MODELROLLOUT_MAX_CONCURRENT_EVALUATIONS": "2"})
     try:
         yield op

@@ -12,8 +12,10 @@ import time
 from typing import Any
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from modelrollout.serving.client import Endpoint, ModelClient, ServerError
+from tests.conftest import MlflowServer
 from tests.e2e.conftest import Models, Prometheus, Scenario
 from tests.unit.test_canary import series, series_key
 
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.e2e
 QUALITY = [{"metric": "f1", "min": 0.9}, {"metric": "f1", "maxDrop": 0.02}]
 
 
-def test_good_candidate_is_promoted(scenario: Scenario, models: Models) -> None:
+def test_good_candidate_is_promoted(scenario: Scenario, models: Models, mlflow_server: MlflowServer) -> None:
     before = scenario.template()
     cand, base = scenario.op.serve(models.good), scenario.op.serve(models.production)
     scenario.rollout("good", cand, base, [*QUALITY, {"metric": "latency_p99_ms", "max": 1000},
@@ -69,6 +71,34 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models) -> None:
     events = scenario.cluster.kubectl("-n", ns, "get", "events", "--field-selector", "involvedObject.name=good").stdout
     assert "Staging" in events and "Promoted" in events
     scenario.assert_invariant("good", before)
+    _tracked_run_equals_status(scenario, mlflow_server, "good", digest)
+
+
+def _tracked_run_equals_status(scenario: Scenario, mlflow_server: MlflowServer, name: str, digest: str) -> None:
+    """The evaluation's MLflow run, read back: every figure of status to 1e-12, who and what as params."""
+    end = time.monotonic() + 60
+    while not (st := scenario.status(name)).get("tracking") and time.monotonic() < end:
+        time.sleep(0.5)
+    t = st.get("tracking") or {}
+    assert t.get("state") == "Tracked", t
+    assert t["experiment"] == f"modelrollout/{scenario.ns}/{scenario.target}"
+    r = MlflowClient(tracking_uri=mlflow_server.url).get_run(t["runId"])
+    assert t["url"].endswith(f"/#/experiments/{r.info.experiment_id}/runs/{t['runId']}")
+    m = r.data.metrics
+    for side in ("candidate", "baseline"):
+        for fig, value in st[side]["metrics"].items():
+            assert abs(m[f"{side}.{fig}"] - value) <= 1e-12, (side, fig, m.get(f"{side}.{fig}"), value)
+    for fig, iv in st["candidate"]["intervals"].items():
+        for end_ in ("low", "high"):
+            assert abs(m[f"candidate.{fig}.{end_}"] - iv[end_]) <= 1e-12, (fig, end_)
+    for g in st["gates"]:
+        assert m[f"gate.{g['index']}.{g['metric']}.{g['bound']}.passed"] == (1.0 if g["verdict"] == "Pass" else 0.0)
+    p = r.data.params
+    assert (p["rollout"], p["namespace"], p["generation"], p["holdout.sha256"]) == (name, scenario.ns, "1", digest)
+    assert p["candidate.image"] == "registry.example/churn:8" and p["baseline.image"] == "registry.example/churn:7"
+    assert r.data.tags["decision"] == "Promote" and r.info.status == "FINISHED"
+    names = {a.path for a in MlflowClient(tracking_uri=mlflow_server.url).list_artifacts(t["runId"])}
+    assert names == {"report.json", "report.md", "index.html"}
 
 
 BAD = {  # kind: (gate, words of the reason)

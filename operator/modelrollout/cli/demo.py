@@ -32,6 +32,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
+from modelrollout.cli.outputs import tracked
 from modelrollout.core.capacity import Node
 from modelrollout.core.report import to_text
 from modelrollout.core.spec import parse_manifest
@@ -130,6 +131,8 @@ def run_demo(args: argparse.Namespace) -> int:
             {k: rep.details[k]["sweep"] for k in measured}),
         "Memory over time": memory_plot({k: rep.details[k]["memoryTimeline"] for k in measured}),
     }
+    rep = tracked(rep, args, target="demo", run_name="demo", spec=doc["spec"], plots=plots,
+                  context={"command": "demo", "candidate": "logistic regression", "baseline": "decision tree"})
     paths = write_report_dir(rep, out, plots)
     export(rep, meta["name"], meta.get("namespace", "default"), metrics_file=args.metrics_file,
            pushgateway=args.pushgateway)

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from modelrollout.cli.demo import progress, this_machine
-from modelrollout.cli.outputs import EXIT_PROMOTE, EXIT_REJECT, UsageError, write_outputs
+from modelrollout.cli.outputs import EXIT_PROMOTE, EXIT_REJECT, UsageError, tracked, write_outputs
 from modelrollout.core.spec import ModelRolloutSpec, parse_manifest
 from modelrollout.evaluation import Variant, evaluate_servers
 from modelrollout.exporter import export
@@ -61,6 +61,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             base = Variant("baseline", endpoint(spec, args.baseline, "baseline"), src := await metrics_source(
                 args.baseline), memory_source="server /metrics" if src else None)
         rep, _ = await evaluate_servers(spec, hold, cand, base, this_machine(), progress)
+        rep = tracked(rep, args, target=spec.target_ref.name, run_name=str(meta["name"]), spec=doc.get("spec"),
+                      context={"command": "evaluate", "rollout": str(meta["name"]),
+                               "namespace": str(meta.get("namespace", "default")), "candidate": args.candidate,
+                               "baseline": args.baseline or ""})
         write_outputs(rep, args)
         export(rep, meta["name"], meta.get("namespace", "default"), metrics_file=args.metrics_file,
                pushgateway=args.pushgateway)

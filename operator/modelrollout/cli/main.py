@@ -20,6 +20,8 @@ from modelrollout.cli.outputs import (
     EXIT_PROMOTE,
     EXIT_REJECT,
     UsageError,
+    add_tracking_arguments,
+    tracked,
     write_outputs,
 )
 from modelrollout.core.engine import Predicted, build_report, score_quality
@@ -58,6 +60,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         positive_label=args.positive_label, n_features=hold.features.shape[1], slices=hold.slices,
     )
     rep = build_report(task, gf.gates, cmp, data_quality=hold.summary, holdout=hold.fingerprint)
+    spec = gates_doc.get("spec", gates_doc) if isinstance(gates_doc, dict) else None
+    target = str(((spec or {}).get("targetRef") or {}).get("name") or "score")
+    rep = tracked(rep, args, target=target, run_name=f"score {Path(args.candidate).name}", spec=spec,
+                  context={"command": "score", "candidate": str(args.candidate), "baseline": str(args.baseline or "")})
     write_outputs(rep, args)
     return EXIT_PROMOTE if rep.decision.promote else EXIT_REJECT
 
@@ -111,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--gates", required=True, help="a ModelRollout manifest or a file with `gates:`")
     s.add_argument("--output", help="write the JSON report here")
     s.add_argument("--markdown", help="write a Markdown report (for a pull-request comment) here")
+    add_tracking_arguments(s)
     s.set_defaults(func=cmd_score)
 
     d = sub.add_parser("demo", help="train, serve and gate two models on this machine, no cluster needed")
@@ -118,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", default="3s", help="load per batch size (default 3s)")
     d.add_argument("--metrics-file", help="also write the figures in Prometheus textfile format")
     d.add_argument("--pushgateway", help="also push the figures to this Pushgateway URL")
+    add_tracking_arguments(d)
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("evaluate", help="evaluate model servers that are already running")
@@ -129,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--markdown", help="write a Markdown report here")
     e.add_argument("--metrics-file", help="also write the figures in Prometheus textfile format")
     e.add_argument("--pushgateway", help="also push the figures to this Pushgateway URL")
+    add_tracking_arguments(e)
     e.set_defaults(func=cmd_evaluate)
 
     v = sub.add_parser("serve", help="serve a scikit-learn model over the V2 and V1 inference protocols")

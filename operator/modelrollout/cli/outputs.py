@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from modelrollout.core.report import Report, to_json, to_markdown, to_text
+from modelrollout.core.tracking import run_params
 
 EXIT_PROMOTE, EXIT_REJECT, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -21,3 +26,31 @@ def write_outputs(rep: Report, args: argparse.Namespace) -> None:
         Path(args.output).write_text(json.dumps(to_json(rep), indent=2) + "\n")
     if getattr(args, "markdown", None):
         Path(args.markdown).write_text(to_markdown(rep))
+
+
+def add_tracking_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow-uri", help="also record the evaluation as a run on this MLflow tracking server; "
+                   "if it cannot, the command says so and the decision and exit code stand")
+    p.add_argument("--mlflow-experiment", help="the run's experiment (default modelrollout/<target>)")
+    p.add_argument("--mlflow-run-name", help="the run's name (default: the rollout's or the command's)")
+
+
+def tracked(rep: Report, args: argparse.Namespace, *, target: str, run_name: str,
+            spec: Mapping[str, Any] | None, context: Mapping[str, str],
+            plots: Mapping[str, str] | None = None) -> Report:
+    """`rep` with details.tracking (run id and URL, or why not) when --mlflow-uri was given."""
+    uri = getattr(args, "mlflow_uri", None)
+    if not uri:
+        return rep
+    from modelrollout.tracking import TrackingFailed, track_report
+
+    experiment = args.mlflow_experiment or f"modelrollout/{target}"
+    try:
+        t = track_report(uri, experiment, rep, run_name=args.mlflow_run_name or run_name,
+                         params=run_params(rep, spec, context), plots=plots)
+        info: dict[str, str] = t.as_status()
+        print(f"MLflow run {t.run_id} in experiment {experiment!r}: {t.url}", file=sys.stderr)
+    except TrackingFailed as e:
+        info = {"state": "Failed", "message": str(e)}
+        print(f"tracking failed, the decision stands: {e}", file=sys.stderr)
+    return replace(rep, details={**rep.details, "tracking": info})

@@ -68,7 +68,7 @@ class Actions:
             patch.update({"evaluation": None, "canary": None, "staging": None, "decision": None, "gates": [],
                           "candidate": None, "baseline": None, "capacity": None, "previousTemplate": None,
                           "promotedTemplateHash": None, "previousReplicas": None, "traffic": None, "sweep": None,
-                          "sloSearch": None, "holdout": None,
+                          "sloSearch": None, "holdout": None, "tracking": None,
                           "retried": meta.get("annotations", {}).get(ANNOTATION_RETRY)})
         elif a == "stage" and spec is not None and target is not None:
             sns = objects.staging_ns(body, spec)

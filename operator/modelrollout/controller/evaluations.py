@@ -19,12 +19,14 @@ import aiohttp
 
 from modelrollout import holdout_source
 from modelrollout.controller.settings import Settings
+from modelrollout.core.decide import ANNOTATION_RETRY
 from modelrollout.core.pods import MeasuredPod, PodProblems, measured_pod, pod_problems, time_to_ready
 from modelrollout.core.quality import DataError
-from modelrollout.core.report import gate_dict, sweep_status
+from modelrollout.core.report import Report, gate_dict, sweep_status
 from modelrollout.core.slo import status_form
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.core.text import cap
+from modelrollout.core.tracking import run_params
 from modelrollout.evaluation import Variant, evaluate_servers
 from modelrollout.holdout import Holdout
 from modelrollout.kube import objects
@@ -33,9 +35,11 @@ from modelrollout.opmetrics import OperatorMetrics
 from modelrollout.probes.resources import PodUsage, PrometheusSource, Source, UsageSource
 from modelrollout.serving.client import Endpoint, ServerError
 from modelrollout.status import StatusWriter
+from modelrollout.tracking import TrackingFailed, track_report
 
 log = logging.getLogger("modelrollout")
 HOLDOUT_STATUS = ("sha256", "bytes", "rows", "rowsUsed", "columns", "schemaSha256")  # not the schema: bounded
+TRACKING_TIMEOUT = 120.0  # seconds for one run's metrics and artifacts; the client's retries are bounded too
 POD_STATUS_SETTLE = 5.0  # seconds for the kubelet to report why a server its clients saw die died
 
 
@@ -55,6 +59,7 @@ class Evaluations:
     semaphore: asyncio.Semaphore | None = None
     reach: holdout_source.Reach = field(default_factory=holdout_source.Reach.from_env)
     writer: StatusWriter | None = None  # the controller's: evaluation figures are one of its records
+    trackings: set[asyncio.Task[None]] = field(default_factory=set)  # MLflow runs being logged
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_evaluations)
@@ -125,7 +130,7 @@ class Evaluations:
                     err = await self.load_holdout(body, spec)
                     if err:
                         raise DataError(err[0])
-                report = await self._run_evaluation(body, spec, self.holdouts[key])
+                report, images = await self._run_evaluation(body, spec, self.holdouts[key])
                 assert self.writer is not None
                 await self.writer.record(meta, {
                     "candidate": {"metrics": _finite(report.evidence.candidate),
@@ -151,6 +156,10 @@ class Evaluations:
                     "holdout": {k: v for k, v in report.holdout.items() if k in HOLDOUT_STATUS} or None,
                 })
                 self.metrics.figures.observe(report, name, ns)
+                if self.settings.mlflow_tracking_uri:  # after the record: the decision never waits for MLflow
+                    task = asyncio.get_running_loop().create_task(self._track(body, spec, report, images))
+                    self.trackings.add(task)
+                    task.add_done_callback(self.trackings.discard)
             except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
                 expected = isinstance(e, ServerError | DataError | NotFound | RuntimeError | OSError)
                 why = str(e) if expected else f"{type(e).__name__}: {e}"
@@ -165,19 +174,46 @@ class Evaluations:
                 self.metrics.in_flight.dec()
                 self.metrics.eval_seconds.observe(time.monotonic() - t0)
 
-    async def _run_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec, holdout: Holdout) -> Any:
+    async def _track(self, body: Mapping[str, Any], spec: ModelRolloutSpec, report: Report,
+                     images: Mapping[str, str]) -> None:
+        """Record the evaluation as an MLflow run, then its id (or why not) in status.tracking."""
+        meta = body["metadata"]
+        ns, name, gen = str(meta["namespace"]), str(meta["name"]), str(meta.get("generation", 1))
+        experiment = f"modelrollout/{ns}/{spec.tracking.mlflow.experiment or spec.target_ref.name}"
+        context = {"rollout": name, "namespace": ns, "target": spec.target_ref.name, "generation": gen,
+                   "attempt": str((meta.get("annotations") or {}).get(ANNOTATION_RETRY, "")),
+                   **{f"{v}.image": image for v, image in images.items()}}
+        assert self.settings.mlflow_tracking_uri is not None and self.writer is not None
+        try:
+            t = await asyncio.wait_for(asyncio.to_thread(
+                track_report, self.settings.mlflow_tracking_uri, experiment, report, run_name=f"{name} gen {gen}",
+                params=run_params(report, body.get("spec"), context),
+                tags={"modelrollout.namespace": ns, "modelrollout.rollout": name}), TRACKING_TIMEOUT)
+            record: dict[str, str] = {**t.as_status(), "experiment": experiment}
+        except (TrackingFailed, TimeoutError) as e:
+            why = str(e) or f"MLflow answered nothing within {TRACKING_TIMEOUT:g}s"
+            record = {"state": "Failed", "experiment": experiment, "message": why}
+            self.metrics.tracking_failures.labels(ns).inc()
+            log.warning("%s/%s: tracking failed, the decision stands: %s", ns, name, why)
+        with contextlib.suppress(NotFound):  # deleted meanwhile
+            await self.writer.record(meta, {"tracking": record})
+
+    async def _run_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec,
+                              holdout: Holdout) -> tuple[Report, dict[str, str]]:
         sns = objects.staging_ns(body, spec)
         headers: tuple[tuple[str, str], ...] = ()
         if spec.serving.auth_secret_ref is not None:
             ref = spec.serving.auth_secret_ref
             token = await run(self.kube.secret_value, body["metadata"]["namespace"], ref.name, ref.key)
             headers = (("Authorization", f"Bearer {token}"),)
-        variants = []
+        variants, images = [], {}
         for v in ("candidate", "baseline"):
             svc = objects.staging_name(body["metadata"]["name"], v)
             url = self.settings.service_url(sns, svc, spec.serving.port)
             dep = await run(self.kube.get_deployment, sns, svc)
             mem, cpu = pod_requests(((dep or {}).get("spec") or {}).get("template", {}).get("spec", {}))
+            images[v] = str(next(iter(((dep or {}).get("spec") or {}).get("template", {}).get("spec", {}).get(
+                "containers") or [{}])).get("image", ""))
             selector = tuple((((dep or {}).get("spec") or {}).get("template", {}).get("spec", {})
                               .get("nodeSelector") or {}).items())
             labels = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
@@ -196,7 +232,7 @@ class Evaluations:
         nodes = await run(self.kube.nodes)
         report, _ = await evaluate_servers(spec, holdout, variants[0], variants[1], nodes,
                                            lambda m: log.info("%s: %s", body["metadata"]["name"], m))
-        return report
+        return report, images
 
     async def _sources(self, ns: str, selector: Mapping[str, str], server: PrometheusSource,
                        replicas: int, pod: MeasuredPod | None) -> tuple[Source, Source, str]:

@@ -23,6 +23,7 @@ class Settings:
     metrics_port: int = 8080
     interval: float = 2.0
     metrics_api_wait: float = 60.0  # for metrics-server's first sample of a new staging pod
+    mlflow_tracking_uri: str | None = None  # every evaluation becomes a run there
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -35,6 +36,7 @@ class Settings:
             metrics_port=int(e.get("MODELROLLOUT_METRICS_PORT", "8080")),
             interval=float(e.get("MODELROLLOUT_RECONCILE_INTERVAL", "2")),
             metrics_api_wait=float(e.get("MODELROLLOUT_METRICS_API_WAIT", "60")),
+            mlflow_tracking_uri=e.get("MODELROLLOUT_MLFLOW_TRACKING_URI") or None,
         )
 
     def _mapped(self, namespace: str, service: str) -> str | None:

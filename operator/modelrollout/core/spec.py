@@ -219,6 +219,16 @@ class Gate(_Model):
         return self
 
 
+class MlflowTracking(_Model):
+    # the operator prefixes modelrollout/<namespace>/: a tenant cannot write into another team's experiment
+    experiment: Annotated[str, Field(min_length=1, max_length=200,
+                                     pattern=r"^[A-Za-z0-9][-A-Za-z0-9_. /]*$")] | None = None
+
+
+class Tracking(_Model):
+    mlflow: MlflowTracking = MlflowTracking()
+
+
 class ModelRolloutSpec(_Model):
     target_ref: TargetRef
     task: Task
@@ -231,6 +241,7 @@ class ModelRolloutSpec(_Model):
     quality: QualitySettings = QualitySettings()
     gates: Annotated[list[Gate], Field(min_length=1)]
     promotion: Promotion = Promotion()
+    tracking: Tracking = Tracking()
 
     @model_validator(mode="after")
     def _load_plan(self) -> ModelRolloutSpec:
