@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,38 +101,97 @@ class MlflowServer:
     folder: Path
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real MLflow tracking server (`mlflow server`, SQLite backend, artifacts proxied to a local folder) on
-    127.0.0.1, from its own venv (./dev test installs it); one per test process, about 15 s to start."""
+def _free_port() -> int:
     import socket
-    import time
-    import urllib.request
 
-    d = tmp_path_factory.mktemp("mlflow")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (d / "server.log").open("w")
-    proc = subprocess.Popen([str(MLFLOW_VENV / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port",
-                             str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
-                             "--artifacts-destination", str(d / "artifacts")],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _server(argv: list[str], ready: str, log_path: Path, what: str) -> Iterator[None]:
+    """A server process in its own session, up once `ready` answers (2 min at most), killed after."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    log = log_path.open("w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         end = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                with urllib.request.urlopen(ready, timeout=2) as r:
                     if r.status == 200:
                         break
+            except urllib.error.HTTPError as e:
+                if e.code == 403:  # it answers: up, and refusing an unsigned request
+                    break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"mlflow server did not start: {(d / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield MlflowServer(url, d)
+                raise RuntimeError(f"{what} did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(30)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server (`mlflow server`, SQLite backend, artifacts proxied to a local folder) on
+    127.0.0.1, from its own venv (./dev test installs it); one per test process, about 15 s to start."""
+    d = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _server([str(MLFLOW_VENV / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                  "--workers", "1", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
+                  "--artifacts-destination", str(d / "artifacts")], f"{url}/health", d / "server.log",
+                 "mlflow server"):
+        yield MlflowServer(url, d)
+
+
+S3PROXY_DIR = Path.home() / ".cache/modelrollout/s3proxy"  # ./dev test puts s3proxy-<version>.jar there
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str  # http://127.0.0.1:port
+    port: int
+    access_key: str
+    secret_key: str
+
+    def client(self) -> Any:
+        """A botocore S3 client with the server's keys, for tests to create buckets and objects."""
+        import botocore.session
+        from botocore.config import Config
+
+        return botocore.session.Session().create_client(
+            "s3", region_name="us-east-1", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, config=Config(s3={"addressing_style": "path"}))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server: S3Proxy (the full S3 API with SigV4 auth over jclouds' filesystem store)
+    on 127.0.0.1, from Maven Central's jar (./dev test fetches it); about 2 s to start."""
+    import secrets
+
+    d = tmp_path_factory.mktemp("s3")
+    port = _free_port()
+    server = S3Server(f"http://127.0.0.1:{port}", port, "AKIA" + secrets.token_hex(8).upper(), secrets.token_hex(20))
+    (d / "data").mkdir()
+    (d / "s3proxy.conf").write_text(f"""s3proxy.endpoint=http://127.0.0.1:{port}
+s3proxy.authorization=aws-v2-or-v4
+s3proxy.identity={server.access_key}
+s3proxy.credential={server.secret_key}
+jclouds.provider=filesystem
+jclouds.filesystem.basedir={d / "data"}
+""")
+    jar = os.environ.get("MODELROLLOUT_S3PROXY_JAR") or max(map(str, S3PROXY_DIR.glob("s3proxy-*.jar")), default="")
+    with _server(["java", "-Xmx256m", "-jar", jar, "--properties", str(d / "s3proxy.conf")],
+                 f"{server.endpoint}/", d / "server.log", "s3proxy"):
+        yield server

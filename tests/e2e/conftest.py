@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeClassifier
 
-from tests.conftest import ROOT, Cluster, MlflowServer
+from tests.conftest import ROOT, Cluster, MlflowServer, S3Server
 from tests.integration.conftest import _wait, free_port
 
 REAL_NODE_NS = "real-"  # prefix of the namespaces tests on the real node use
@@ -194,7 +194,7 @@ class Operator:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, prometheus: Prometheus, mlflow_server: MlflowServer,
+def operator(cluster: Cluster, prometheus: Prometheus, mlflow_server: MlflowServer, s3_server: S3Server,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     d = tmp_path_factory.mktemp("operator")
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
@@ -207,7 +207,7 @@ def operator(cluster: Cluster, prometheus: Prometheus, mlflow_server: MlflowServ
                   pvc_root=d / "pvc")
     op.addresses.write_text("{}")
     op.start({"MODELROLLOUT_SERVICE_ADDRESSES_FILE": str(op.addresses),
-              "MODELROLLOUT_HOLDOUT_URL_HOSTS": f"127.0.0.1:{op.holdout_port}",
+              "MODELROLLOUT_HOLDOUT_URL_HOSTS": f"127.0.0.1:{op.holdout_port},127.0.0.1:{s3_server.port}",
               "MODELROLLOUT_PVC_ROOT": str(op.pvc_root), "MODELROLLOUT_HOLDOUT_MEMORY_MIB": "384",
               "MODELROLLOUT_METRICS_PORT": str(op.metrics_port), "MODELROLLOUT_RECONCILE_INTERVAL": "1",
               "MODELROLLOUT_PROMETHEUS_URL": prometheus.url, "MODELROLLOUT_MLFLOW_TRACKING_URI": mlflow_server.url,

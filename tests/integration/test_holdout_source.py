@@ -122,7 +122,7 @@ async def serving() -> AsyncIterator[Served]:
 
 
 def rollout(task: str = "binary-classification", **holdout: Any) -> ModelRolloutSpec:
-    if "url" not in holdout:
+    if not holdout.keys() & {"url", "s3"}:
         holdout["configMapRef"] = {"name": "h", "key": "h"}
     return parse_spec({"targetRef": {"name": "m"}, "task": task, "serving": {"modelName": "m"},
                        "holdout": {"labelColumn": "label", **holdout},

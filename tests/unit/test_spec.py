@@ -49,7 +49,7 @@ def test_example_parses_with_units_converted() -> None:
     (["spec", "gates"], [], "spec.gates:"),
     (["spec", "colour"], "blue", "spec.colour: unknown field (value: 'blue')"),
     (["spec", "holdout", "url"], {"url": "https://x/h.csv"},
-     "spec.holdout: exactly one of configMapRef, url, pvc or file"),
+     "spec.holdout: exactly one of configMapRef, url, pvc, s3 or file"),
     (["spec", "targetRef", "name"], "Churn_Model",
      "spec.targetRef.name: 'Churn_Model' is not a valid Kubernetes name"),
     (["spec", "promotion", "canary", "steps", 1, "weight"], 5,

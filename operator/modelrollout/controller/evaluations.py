@@ -104,7 +104,7 @@ class Evaluations:
             data, name = await holdout_source.fetch(spec.holdout, ns, self.reach, config_map=config_map,
                                                     secret=secret)
             self.holdouts[key] = await holdout_source.load(data, name, spec, self.reach,
-                                                           echo_columns=spec.holdout.url is None)
+                                                           echo_columns=spec.holdout.url is None and spec.holdout.s3 is None)
         except holdout_source.HoldoutError as e:
             return f"hold-out: {e}", e.reason
         except DataError as e:

@@ -117,6 +117,22 @@ class UrlSource(_Model):
     secret_ref: SecretKeyRef | None = None
 
 
+class S3Credentials(_Model):
+    """A Secret of the rollout's namespace holding an access key pair (the operator's own cloud
+    identity is never used for a tenant's object: that would lend it the operator's reach)."""
+
+    name: Name
+    access_key_id_key: Name = "AWS_ACCESS_KEY_ID"
+    secret_access_key_key: Name = "AWS_SECRET_ACCESS_KEY"
+
+
+class S3Source(_Model):
+    uri: Annotated[str, Field(max_length=1100, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\x00-\x1f]+$")]
+    endpoint: Annotated[str, Field(max_length=512, pattern=r"^https?://[^/?#@]+/?$")] | None = None  # default: AWS
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,32}$")] = "us-east-1"
+    secret_ref: S3Credentials | None = None  # none: an unsigned request (a public object)
+
+
 class PvcSource(_Model):
     claim_name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
     path: Name
@@ -126,6 +142,7 @@ class Holdout(_Model):
     config_map_ref: ConfigMapRef | None = None
     url: UrlSource | None = None
     pvc: PvcSource | None = None
+    s3: S3Source | None = None
     file: Name | None = None
     format: Literal["csv", "parquet", "jsonl", "npz"] | None = None
     label_column: Name
@@ -139,10 +156,10 @@ class Holdout(_Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> Holdout:
-        given = [n for n in ("configMapRef", "url", "pvc", "file") if getattr(self, _snake(n)) is not None]
+        given = [n for n in ("configMapRef", "url", "pvc", "s3", "file") if getattr(self, _snake(n)) is not None]
         if len(given) != 1:
             got = ", ".join(given) or "none"
-            raise _err("holdout_source", f"exactly one of configMapRef, url, pvc or file is required, got {got}")
+            raise _err("holdout_source", f"exactly one of configMapRef, url, pvc, s3 or file is required, got {got}")
         if self.label_column in self.slice_columns:
             raise _err("holdout_columns", f"labelColumn {self.label_column!r} is also a slice column")
         return self
