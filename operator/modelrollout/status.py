@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from modelrollout.core import history
 from modelrollout.core.decide import TERMINAL, Step
+from modelrollout.core.history import HEADLINE
 from modelrollout.core.text import cap
 from modelrollout.kube.api import Kube, run
 from modelrollout.opmetrics import OperatorMetrics
 
 log = logging.getLogger("modelrollout")
 RECORDS = frozenset({"candidate", "baseline", "gates", "capacity", "evaluation", "canary", "traffic",
-                     "sweep", "sloSearch", "holdout", "tracking"})
+                     "sweep", "sloSearch", "holdout", "tracking", "history"})
 
 
 def now() -> datetime:
@@ -62,6 +64,19 @@ class StatusWriter:
             raise ValueError(f"not a record field: {sorted(unknown)}")
         await run(self.kube.patch_status, meta["namespace"], meta["name"], dict(fields))
 
+    async def _history(self, body: Mapping[str, Any], status: Mapping[str, Any], patch: Mapping[str, Any],
+                       step: Step, generation: int, t: datetime) -> list[dict[str, Any]]:
+        """status.history with this attempt's entry first, from a fresh read: the evaluation's records
+        may have landed after the body this reconcile holds."""
+        meta, spec = body["metadata"], body.get("spec") or {}
+        fresh = (await run(self.kube.get_rollout, meta["namespace"], meta["name"]) or {}).get("status") or {}
+        current = {**status, **fresh, **patch}
+        task = spec.get("task") if spec.get("task") in HEADLINE else None
+        new = history.entry(task, current, at=iso(t), generation=generation,
+                            attempt=str(current.get("retried") or ""), result=step.phase, reason=step.reason)
+        limit = spec.get("historyLimit")  # the CRD defaults and bounds it
+        return history.push(current.get("history"), new, limit if isinstance(limit, int) else history.DEFAULT_LIMIT)
+
     async def transition(self, body: Mapping[str, Any], status: Mapping[str, Any], patch: dict[str, Any],
                          step: Step, generation: int) -> None:
         """Write the step's phase, reason and message with `patch`; an Event when the reason changes."""
@@ -72,6 +87,8 @@ class StatusWriter:
         if not changed and not patch:
             return
         t = now()
+        if step.phase in TERMINAL and status.get("phase") != step.phase:
+            patch["history"] = await self._history(body, status, patch, step, generation, t)
         patch.update({"phase": step.phase, "reason": step.reason, "message": cap(step.message),
                       "observedGeneration": generation,
                       "conditions": conditions(list(status.get("conditions") or []), step, generation, t)})

@@ -317,3 +317,18 @@ def test_kubectl_plugin(cluster: Cluster, scenario: Scenario, models: Models) ->
     st = scenario.wait_phase("plug", {"RolledBack"})
     assert st["reason"] == "Aborted"
     assert kubectl("status", "nope").returncode == 1
+    # both attempts stay in status.history, newest first: the undo replaced its own attempt's entry
+    hist = scenario.status("plug").get("history") or []
+    assert [(h["result"], h["reason"]) for h in hist] == [("RolledBack", "Aborted"), ("RolledBack", "Undone")], hist
+    first = hist[1]
+    assert first["attempt"] == "" and hist[0]["attempt"] != "" and first["outcome"] == "Promote"
+    assert len(first["holdoutSha256"]) == 64 and re.fullmatch(r"[0-9a-f]{32}", first["mlflowRunId"]), first
+    assert first["candidateImage"] == "registry.example/churn:8"
+    f1 = next(f for f in first["figures"] if f["name"] == "f1")
+    assert f1["low"] <= f1["candidate"] <= f1["high"] and f1["deltaLow"] <= f1["candidate"] - f1["baseline"]
+    out = kubectl("history", "churn")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^plug\s+1\s+-\s+\S+\s+RolledBack\s+Undone\s+registry\.example/churn:8\s+[0-9a-f]{12}",
+                     out.stdout, re.M), out.stdout
+    assert re.search(r"^plug\s+1\s+-\s+0\.9\d*\s\[0\.\d+, [01]\.?\d*\]\s+0\.\d+\s+[+-]0\.\d+ \[", out.stdout,
+                     re.M), out.stdout

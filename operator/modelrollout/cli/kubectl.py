@@ -1,4 +1,4 @@
-"""`kubectl modelrollout list|status|approve|abort|undo|retry`: rollouts from the terminal.
+"""`kubectl modelrollout list|status|history|approve|abort|undo|retry`: rollouts from the terminal.
 
 Installed as the console script `kubectl-modelrollout`, so kubectl finds it as a plugin.
 """
@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from modelrollout.core import history
 from modelrollout.core.decide import ANNOTATION_ABORT, ANNOTATION_APPROVE, ANNOTATION_RETRY, ANNOTATION_UNDO, TERMINAL
 from modelrollout.core.report import STATUS_CELLS, from_status, to_text
 from modelrollout.kube.api import Kube, current_namespace
@@ -49,6 +50,11 @@ def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
     if omitted:
         print(f"load sweep: {omitted} more cells than the {STATUS_CELLS} status keeps are not shown "
               "(Prometheus has every cell: modelrollout_sweep_*)\n")
+    tracking = st.get("tracking") or {}
+    if tracking.get("state") == "Tracked":
+        print(f"tracking: MLflow run {tracking.get('runId')} in {tracking.get('experiment')}: {tracking.get('url')}\n")
+    elif tracking.get("state") == "Failed":
+        print(f"tracking: not recorded in MLflow ({tracking.get('message')}); the decision stands\n")
     for line in _canary_lines(st.get("canary") or {}):
         print(line)
     if st.get("traffic"):
@@ -57,6 +63,15 @@ def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
               f"{'' if st.get('phase') == 'Canary' else ' (put back: production weights restored)'}\n")
     for c in st.get("conditions") or []:
         print(f"condition {c['type']}={c['status']} ({c.get('reason')}) since {c.get('lastTransitionTime')}")
+    return 0
+
+
+def cmd_history(kube: Kube, args: argparse.Namespace) -> int:
+    ns = _namespace(args)
+    entries = [(str(r["metadata"]["name"]), e) for r in kube.list_rollouts(ns)
+               if (r.get("spec") or {}).get("targetRef", {}).get("name") == args.target
+               for e in (r.get("status") or {}).get("history") or []]
+    print("\n".join(history.render(f"Deployment {ns}/{args.target}", entries)))
     return 0
 
 
@@ -117,12 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                        ("retry", "start a finished rollout over")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("name")
+    hist = sub.add_parser("history", help="the recent rollouts of one Deployment, figure by figure with intervals")
+    hist.add_argument("target", help="the Deployment's name (spec.targetRef.name)")
     args = p.parse_args(argv)
     kube = Kube(args.kubeconfig)
     if args.command == "list":
         return cmd_list(kube, args)
     if args.command == "status":
         return cmd_status(kube, args)
+    if args.command == "history":
+        return cmd_history(kube, args)
     key, value, done = {
         "approve": (ANNOTATION_APPROVE, "true", "approved"),
         "abort": (ANNOTATION_ABORT, "true", "aborted"),

@@ -17,6 +17,7 @@ from modelrollout.controller.evaluations import Evaluations
 from modelrollout.controller.settings import Settings
 from modelrollout.controller.traffic import plan, put_back, record_traffic, routing, set_weight
 from modelrollout.core import canary as analysis
+from modelrollout.core import history
 from modelrollout.core.decide import (
     ANNOTATION_ABORT,
     ANNOTATION_APPROVE,
@@ -56,6 +57,8 @@ class Actions:
         a = step.action
         if a == "none":
             self.metrics.set_phase(name, ns, step.phase)
+            if (runs := history.with_run(status.get("history"), status)) is not None:  # tracking came late
+                await self.status.record(meta, {"history": runs})
             return
         if a == "restart":
             # an approval or abort was for the attempt that ended, not for the next one

@@ -103,8 +103,8 @@ class Evaluations:
         try:
             data, name = await holdout_source.fetch(spec.holdout, ns, self.reach, config_map=config_map,
                                                     secret=secret)
-            self.holdouts[key] = await holdout_source.load(data, name, spec, self.reach,
-                                                           echo_columns=spec.holdout.url is None and spec.holdout.s3 is None)
+            fetched = spec.holdout.url is not None or spec.holdout.s3 is not None  # the tenant may not read it
+            self.holdouts[key] = await holdout_source.load(data, name, spec, self.reach, echo_columns=not fetched)
         except holdout_source.HoldoutError as e:
             return f"hold-out: {e}", e.reason
         except DataError as e:
@@ -149,7 +149,9 @@ class Evaluations:
                         "measuredPod": {v: (report.details.get(v) or {}).get("measuredPod")
                                         for v in ("candidate", "baseline")}},
                     "evaluation": {"outcome": str(report.decision.outcome), "reason": report.decision.reason,
-                                   "generation": int(meta.get("generation", 1))},
+                                   "generation": int(meta.get("generation", 1)),
+                                   "attempt": str((meta.get("annotations") or {}).get(ANNOTATION_RETRY) or ""),
+                                   "candidateImage": images.get("candidate"), "baselineImage": images.get("baseline")},
                     # bounded (STATUS_CELLS); None clears an earlier evaluation's table
                     "sweep": sweep_status(report.evidence.sweep) if report.evidence.sweep else None,
                     "sloSearch": _slo_status(report),

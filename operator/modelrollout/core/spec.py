@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from modelrollout.core import history
 from modelrollout.core.figures import (
     PER_CELL,
     SYSTEM,
@@ -259,6 +260,7 @@ class ModelRolloutSpec(_Model):
     gates: Annotated[list[Gate], Field(min_length=1)]
     promotion: Promotion = Promotion()
     tracking: Tracking = Tracking()
+    history_limit: int = Field(history.DEFAULT_LIMIT, ge=0, le=history.MAX_LIMIT)  # status.history entries kept
 
     @model_validator(mode="after")
     def _load_plan(self) -> ModelRolloutSpec:
