@@ -40,6 +40,95 @@ class Tracked:
         return {"state": "Tracked", "runId": self.run_id, "experimentId": self.experiment_id, "url": self.url}
 
 
+OWNER_TAG = "modelrollout.namespace"  # a registered model's aliases move only for rollouts of this namespace
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def _client(uri: str) -> Any:
+    for k, v in CLIENT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _failed(uri: str, e: Exception) -> TrackingFailed:
+    return TrackingFailed(cap(f"MLflow at {_shown(uri)}: {type(e).__name__}: {_first_line(e)}", 400))
+
+
+def _owned(client: Any, model: str, namespace: str, *, create: bool) -> None:
+    """The registered model, created for `namespace` if missing; one another namespace (or nobody) claimed
+    is refused: registered model names are global, and a tenant must not move another team's champion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client.get_registered_model(model).tags or {}
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST" or not create:
+            raise
+        client.create_registered_model(model, tags={OWNER_TAG: namespace},
+                                       description="Versions registered by modelrollout evaluations.")
+        return
+    if tags.get(OWNER_TAG) != namespace:
+        raise TrackingFailed(f"registered model {model!r} has tag {OWNER_TAG}={tags.get(OWNER_TAG)!r}, not "
+                             f"{namespace!r}: only rollouts of the namespace it names may move its aliases")
+
+
+def register(uri: str, model: str, namespace: str, run_id: str, source: str, tags: Mapping[str, str]) -> str:
+    """A new version of `model` for the evaluated candidate, linked to its run, marked the challenger."""
+    client = _client(uri)
+    try:
+        _owned(client, model, namespace, create=True)
+        mv = client.create_model_version(model, source, run_id=run_id, tags=dict(tags))
+        client.set_registered_model_alias(model, CHALLENGER, mv.version)
+        return str(mv.version)
+    except TrackingFailed:
+        raise
+    except Exception as e:
+        raise _failed(uri, e) from None
+
+
+def settle(uri: str, model: str, namespace: str, version: str, result: str, previous: str | None) -> str | None:
+    """Move the aliases for how the rollout ended; returns the champion version before a promotion.
+
+    Promoted: `champion` moves to `version`. Rolled back or failed: `challenger` leaves `version`.
+    Undone: `champion` goes back to `previous` (or is removed if there was none)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        _owned(client, model, namespace, create=False)
+        if result == "Promoted":
+            try:
+                before = str(client.get_model_version_by_alias(model, CHAMPION).version)
+            except MlflowException:
+                before = None
+            client.set_registered_model_alias(model, CHAMPION, version)
+            with contextlib.suppress(MlflowException):  # it is the champion now, no longer the challenger
+                if str(client.get_model_version_by_alias(model, CHALLENGER).version) == version:
+                    client.delete_registered_model_alias(model, CHALLENGER)
+            return before
+        if result == "Undone":
+            try:
+                if str(client.get_model_version_by_alias(model, CHAMPION).version) != version:
+                    return None  # another rollout's version is the champion since: not ours to move back
+            except MlflowException:
+                return None
+            if previous:
+                client.set_registered_model_alias(model, CHAMPION, previous)
+            else:
+                client.delete_registered_model_alias(model, CHAMPION)
+            return None
+        with contextlib.suppress(MlflowException):
+            if str(client.get_model_version_by_alias(model, CHALLENGER).version) == version:
+                client.delete_registered_model_alias(model, CHALLENGER)
+        return None
+    except TrackingFailed:
+        raise
+    except Exception as e:
+        raise _failed(uri, e) from None
+
+
 def track(uri: str, experiment: str, rep: Report, *, run_name: str, params: Mapping[str, str],
           tags: Mapping[str, str] | None = None, files: Path | None = None) -> Tracked:
     """Log `rep` as a finished run of `experiment` (created if missing); `files`: a folder of artifacts."""

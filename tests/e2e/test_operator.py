@@ -29,7 +29,8 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models, mlflow_s
     cand, base = scenario.op.serve(models.good), scenario.op.serve(models.production)
     scenario.rollout("good", cand, base, [*QUALITY, {"metric": "latency_p99_ms", "max": 1000},
                                           {"metric": "replicas_fit", "min": 10},
-                                          {"metric": "memory_growth_mib_per_10k_requests", "max": 20}])
+                                          {"metric": "memory_growth_mib_per_10k_requests", "max": 20}],
+                     tracking={"mlflow": {"registeredModel": f"churn-{scenario.ns}"}})
     st = scenario.wait_phase("good", {"Promoted", "RolledBack", "Failed"})
     assert st["phase"] == "Promoted", st.get("message")
     t = scenario.template()
@@ -99,6 +100,13 @@ def _tracked_run_equals_status(scenario: Scenario, mlflow_server: MlflowServer, 
     assert r.data.tags["decision"] == "Promote" and r.info.status == "FINISHED"
     names = {a.path for a in MlflowClient(tracking_uri=mlflow_server.url).list_artifacts(t["runId"])}
     assert names == {"report.json", "report.md", "index.html"}
+    # the registered model's version of this evaluation is the champion once the promotion settled
+    end = time.monotonic() + 60
+    while (t := scenario.status(name)["tracking"]).get("alias") != "champion" and time.monotonic() < end:
+        time.sleep(0.5)
+    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+    champion = client.get_model_version_by_alias(f"churn-{scenario.ns}", "champion")
+    assert t.get("alias") == "champion" and champion.version == t["modelVersion"] and champion.run_id == t["runId"], t
 
 
 BAD = {  # kind: (gate, words of the reason)

@@ -14,8 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prometheus_client import CollectorRegistry, generate_latest
 
-from modelrollout.controller.evaluations import Evaluations
 from modelrollout.controller.settings import Settings
+from modelrollout.controller.tracker import Tracker
 from modelrollout.core.gates import Decision, Evidence, Outcome
 from modelrollout.core.report import Report
 from modelrollout.core.spec import parse_spec
@@ -115,13 +115,75 @@ def test_the_operator_records_a_failed_tracking_in_status_and_a_metric() -> None
     kube.rollouts["ml", "r"] = {**body, "status": {"phase": "Canary"}}
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
-    ev = Evaluations(kube, Settings(mlflow_tracking_uri=f"http://127.0.0.1:{port}"), metrics,
-                     writer=StatusWriter(kube, metrics))
+    tracker = Tracker(Settings(mlflow_tracking_uri=f"http://127.0.0.1:{port}"), metrics, StatusWriter(kube, metrics))
     rep = Report(task="binary-classification", evidence=Evidence({"f1": 0.9}, {"f1": 0.8}), gates=[],
                  decision=Decision(Outcome.PROMOTE, "all gates passed"))
-    asyncio.run(ev._track(body, parse_spec(body["spec"]), rep, {"candidate": "c:2", "baseline": "c:1"}))
+    asyncio.run(tracker.run(body, parse_spec(body["spec"]), rep, {"candidate": "c:2", "baseline": "c:1"}))
     st = kube.rollouts["ml", "r"]["status"]
     assert st["phase"] == "Canary" and st["tracking"]["state"] == "Failed"
     assert st["tracking"]["experiment"] == "modelrollout/ml/ci"
     assert st["tracking"]["message"].startswith(f"MLflow at http://127.0.0.1:{port}: ")
     assert 'modelrollout_tracking_failures_total{namespace="ml"} 1.0' in generate_latest(registry).decode()
+
+
+def test_registered_model_versions_move_champion_and_challenger_as_rollouts_end(mlflow_server: MlflowServer) -> None:
+    """Each evaluation a version (challenger); promotion crowns it, a rollback leaves the champion alone, an undo
+    crowns the previous one again; another namespace may not move this namespace's aliases."""
+    kube = FakeKube()
+    metrics = OperatorMetrics(CollectorRegistry())
+    tracker = Tracker(Settings(mlflow_tracking_uri=mlflow_server.url), metrics, StatusWriter(kube, metrics))
+    model = f"churn-{time.time_ns()}"
+
+    def body(name: str, ns: str = "ml") -> dict[str, Any]:
+        b = {"metadata": {"name": name, "namespace": ns, "generation": 1, "uid": f"{ns}-{name}"},
+             "spec": {"targetRef": {"name": "churn"}, "task": "binary-classification", "serving": {"modelName": "m"},
+                      "holdout": {"configMapRef": {"name": "h", "key": "h.csv"}, "labelColumn": "label"},
+                      "gates": [{"metric": "f1", "min": 0.5}],
+                      "tracking": {"mlflow": {"registeredModel": model}}}}
+        kube.rollouts[ns, name] = {**b, "status": {"phase": "Evaluating"}}
+        return b
+
+    rep = Report(task="binary-classification", evidence=Evidence({"f1": 0.9}, {"f1": 0.8}), gates=[],
+                 decision=Decision(Outcome.PROMOTE, "all gates passed"))
+
+    async def attempt(name: str, result: str, ns: str = "ml") -> dict[str, Any]:
+        b = body(name, ns)
+        spec = parse_spec(b["spec"])
+        tracker.start(b, spec, rep, {"candidate": f"reg/churn:{name}", "baseline": "reg/churn:base"})
+        tracker.ended(b, spec, kube.rollouts[ns, name]["status"], result)  # before the run is logged: it waits
+        await asyncio.gather(*tracker.chores, *tracker.runs.values())
+        return dict(kube.rollouts[ns, name]["status"]["tracking"])
+
+    async def undo(name: str) -> dict[str, Any]:
+        b = kube.rollouts["ml", name]
+        tracker.ended(b, parse_spec(b["spec"]), b["status"], "Undone")
+        await asyncio.gather(*tracker.chores)
+        return dict(kube.rollouts["ml", name]["status"]["tracking"])
+
+    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+
+    def alias(a: str) -> str | None:
+        try:
+            return str(client.get_model_version_by_alias(model, a).version)
+        except Exception:
+            return None
+
+    async def go() -> None:
+        v1 = await attempt("v1", "Promoted")
+        assert (v1["modelVersion"], v1["alias"], v1["state"]) == ("1", "champion", "Tracked"), v1
+        assert (alias("champion"), alias("challenger")) == ("1", None)
+        mv = client.get_model_version(model, "1")
+        assert mv.run_id == v1["runId"] and mv.source == "docker://reg/churn:v1"
+        assert mv.tags["modelrollout.rollout"] == "v1"
+        assert client.get_registered_model(model).tags["modelrollout.namespace"] == "ml"
+        v2 = await attempt("v2", "RolledBack")
+        assert (v2["modelVersion"], v2["alias"]) == ("2", "")
+        assert (alias("champion"), alias("challenger")) == ("1", None)
+        v3 = await attempt("v3", "Promoted")
+        assert (v3["alias"], v3["previousChampion"]) == ("champion", "1") and alias("champion") == "3"
+        assert (await undo("v3"))["alias"] == "" and alias("champion") == "1"
+        other = await attempt("x", "Promoted", ns="team-b")
+        assert other["state"] == "Tracked" and "modelVersion" not in other, other  # the run, but no version
+        assert "modelrollout.namespace='ml', not 'team-b'" in other["registryMessage"], other
+        assert alias("champion") == "1" and len(client.search_model_versions(f"name='{model}'")) == 3
+    asyncio.run(go())

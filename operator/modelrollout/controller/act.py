@@ -68,6 +68,8 @@ class Actions:
                 await self.restore(body, spec, status, target)
             await self.cleanup(body, spec, status)
             self.ev.forget(meta["uid"])
+            if self.ev.tracker is not None:  # the last attempt's run is not this one's
+                self.ev.tracker.forget(meta["uid"])
             patch.update({"evaluation": None, "canary": None, "staging": None, "decision": None, "gates": [],
                           "candidate": None, "baseline": None, "capacity": None, "previousTemplate": None,
                           "promotedTemplateHash": None, "previousReplicas": None, "traffic": None, "sweep": None,
@@ -171,6 +173,8 @@ class Actions:
             await self.cleanup(body, spec, status)
             patch["decision"] = {"result": "Failed", "reason": step.message, "at": iso(now())}
         await self.status.transition(body, status, patch, step, gen)
+        if a in ("promote", "rollback", "fail", "undo") and self.ev.tracker is not None:  # the registry's aliases
+            self.ev.tracker.ended(body, spec, status, "Undone" if a == "undo" else step.phase)
 
     async def restore(self, body: Mapping[str, Any], spec: ModelRolloutSpec | None, status: Mapping[str, Any],
                        target: Mapping[str, Any] | None) -> None:

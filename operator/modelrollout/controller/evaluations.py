@@ -19,6 +19,7 @@ import aiohttp
 
 from modelrollout import holdout_source
 from modelrollout.controller.settings import Settings
+from modelrollout.controller.tracker import Tracker
 from modelrollout.core.decide import ANNOTATION_RETRY
 from modelrollout.core.pods import MeasuredPod, PodProblems, measured_pod, pod_problems, time_to_ready
 from modelrollout.core.quality import DataError
@@ -26,7 +27,6 @@ from modelrollout.core.report import Report, gate_dict, sweep_status
 from modelrollout.core.slo import status_form
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.core.text import cap
-from modelrollout.core.tracking import run_params
 from modelrollout.evaluation import Variant, evaluate_servers
 from modelrollout.holdout import Holdout
 from modelrollout.kube import objects
@@ -35,11 +35,9 @@ from modelrollout.opmetrics import OperatorMetrics
 from modelrollout.probes.resources import PodUsage, PrometheusSource, Source, UsageSource
 from modelrollout.serving.client import Endpoint, ServerError
 from modelrollout.status import StatusWriter
-from modelrollout.tracking import TrackingFailed, track_report
 
 log = logging.getLogger("modelrollout")
 HOLDOUT_STATUS = ("sha256", "bytes", "rows", "rowsUsed", "columns", "schemaSha256")  # not the schema: bounded
-TRACKING_TIMEOUT = 120.0  # seconds for one run's metrics and artifacts; the client's retries are bounded too
 POD_STATUS_SETTLE = 5.0  # seconds for the kubelet to report why a server its clients saw die died
 
 
@@ -59,7 +57,7 @@ class Evaluations:
     semaphore: asyncio.Semaphore | None = None
     reach: holdout_source.Reach = field(default_factory=holdout_source.Reach.from_env)
     writer: StatusWriter | None = None  # the controller's: evaluation figures are one of its records
-    trackings: set[asyncio.Task[None]] = field(default_factory=set)  # MLflow runs being logged
+    tracker: Tracker | None = None  # the controller's: MLflow runs and registry aliases
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_evaluations)
@@ -158,10 +156,8 @@ class Evaluations:
                     "holdout": {k: v for k, v in report.holdout.items() if k in HOLDOUT_STATUS} or None,
                 })
                 self.metrics.figures.observe(report, name, ns)
-                if self.settings.mlflow_tracking_uri:  # after the record: the decision never waits for MLflow
-                    task = asyncio.get_running_loop().create_task(self._track(body, spec, report, images))
-                    self.trackings.add(task)
-                    task.add_done_callback(self.trackings.discard)
+                if self.tracker is not None and self.tracker.on:  # after the record: no decision waits for MLflow
+                    self.tracker.start(body, spec, report, images)
             except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
                 expected = isinstance(e, ServerError | DataError | NotFound | RuntimeError | OSError)
                 why = str(e) if expected else f"{type(e).__name__}: {e}"
@@ -175,30 +171,6 @@ class Evaluations:
             finally:
                 self.metrics.in_flight.dec()
                 self.metrics.eval_seconds.observe(time.monotonic() - t0)
-
-    async def _track(self, body: Mapping[str, Any], spec: ModelRolloutSpec, report: Report,
-                     images: Mapping[str, str]) -> None:
-        """Record the evaluation as an MLflow run, then its id (or why not) in status.tracking."""
-        meta = body["metadata"]
-        ns, name, gen = str(meta["namespace"]), str(meta["name"]), str(meta.get("generation", 1))
-        experiment = f"modelrollout/{ns}/{spec.tracking.mlflow.experiment or spec.target_ref.name}"
-        context = {"rollout": name, "namespace": ns, "target": spec.target_ref.name, "generation": gen,
-                   "attempt": str((meta.get("annotations") or {}).get(ANNOTATION_RETRY, "")),
-                   **{f"{v}.image": image for v, image in images.items()}}
-        assert self.settings.mlflow_tracking_uri is not None and self.writer is not None
-        try:
-            t = await asyncio.wait_for(asyncio.to_thread(
-                track_report, self.settings.mlflow_tracking_uri, experiment, report, run_name=f"{name} gen {gen}",
-                params=run_params(report, body.get("spec"), context),
-                tags={"modelrollout.namespace": ns, "modelrollout.rollout": name}), TRACKING_TIMEOUT)
-            record: dict[str, str] = {**t.as_status(), "experiment": experiment}
-        except (TrackingFailed, TimeoutError) as e:
-            why = str(e) or f"MLflow answered nothing within {TRACKING_TIMEOUT:g}s"
-            record = {"state": "Failed", "experiment": experiment, "message": why}
-            self.metrics.tracking_failures.labels(ns).inc()
-            log.warning("%s/%s: tracking failed, the decision stands: %s", ns, name, why)
-        with contextlib.suppress(NotFound):  # deleted meanwhile
-            await self.writer.record(meta, {"tracking": record})
 
     async def _run_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec,
                               holdout: Holdout) -> tuple[Report, dict[str, str]]:

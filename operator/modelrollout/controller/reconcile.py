@@ -19,6 +19,7 @@ from modelrollout.controller.act import Actions, api_reason
 from modelrollout.controller.evaluations import Evaluations
 from modelrollout.controller.observe import blocker, reach, route_lost, route_problem, staging_available, undoable
 from modelrollout.controller.settings import Settings
+from modelrollout.controller.tracker import Tracker
 from modelrollout.core.decide import ANNOTATION_ABORT, ANNOTATION_UNDO, TERMINAL, Observed, Step, decide
 from modelrollout.core.queue import StagingQueue
 from modelrollout.core.spec import ModelRolloutSpec, SpecError, parse_spec
@@ -48,6 +49,7 @@ class Controller:
         self.queue = StagingQueue(self.settings.max_concurrent_stagings)
         self.status = StatusWriter(self.kube, self.metrics)
         self.ev.writer = self.status
+        self.ev.tracker = Tracker(self.settings, self.metrics, self.status)
         self.act = Actions(self.kube, self.settings, self.metrics, self.ev, self.status)
         self.kube.on_call = self.metrics.api_requests.inc
 
@@ -153,6 +155,8 @@ class Controller:
                 await self.act.restore(body, spec, status, None)
             await self.act.cleanup(body, spec, status)
             self.ev.forget(meta["uid"])
+            if self.ev.tracker is not None:
+                self.ev.tracker.forget(meta["uid"])
             self.queue.drop(meta["uid"])
             self.metrics.forget(meta["name"], meta["namespace"])
         self.locks.pop(meta["uid"], None)

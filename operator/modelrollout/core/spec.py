@@ -241,6 +241,10 @@ class MlflowTracking(_Model):
     # the operator prefixes modelrollout/<namespace>/: a tenant cannot write into another team's experiment
     experiment: Annotated[str, Field(min_length=1, max_length=200,
                                      pattern=r"^[A-Za-z0-9][-A-Za-z0-9_. /]*$")] | None = None
+    # a version per evaluation, `challenger`; promotion moves `champion` to it. Only a model tagged
+    # modelrollout.namespace=<this namespace> (or created by the operator for it) is touched
+    registered_model: Annotated[str, Field(min_length=1, max_length=200,
+                                           pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")] | None = None
 
 
 class Tracking(_Model):
