@@ -34,8 +34,26 @@ def iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def conditions(old: list[dict[str, Any]], step: Step, generation: int, t: datetime) -> list[dict[str, Any]]:
-    """Ready (promoted), Progressing (still moving) and Waiting, by the API conventions."""
+def tracked(tracking: Mapping[str, Any] | None, generation: int, old: Mapping[str, Any] | None,
+            t: datetime) -> dict[str, Any] | None:
+    """The Tracked condition: True with the run's URL, False when the run or the registry failed
+    (the decision stood either way); None until MLflow has answered, or without MLflow."""
+    state = (tracking or {}).get("state")
+    if tracking is None or state not in ("Tracked", "Failed"):
+        return None
+    problem = tracking.get("message") if state == "Failed" else tracking.get("registryMessage")
+    status = "False" if problem else "True"
+    reason = "Tracked" if not problem else "TrackingFailed" if state == "Failed" else "RegistryFailed"
+    since = old["lastTransitionTime"] if old and old.get("status") == status and "lastTransitionTime" in old \
+        else iso(t)
+    return {"type": "Tracked", "status": status, "reason": reason, "message": cap(str(problem or tracking.get("url"))),
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def conditions(old: list[dict[str, Any]], step: Step, generation: int, t: datetime,
+               tracking: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Ready (promoted), Progressing (still moving) and Waiting, by the API conventions; Tracked once
+    MLflow answered."""
     wanted = {
         "Ready": ("True" if step.phase == "Promoted" else "False"),
         "Progressing": ("False" if step.phase in TERMINAL else "True"),
@@ -49,7 +67,8 @@ def conditions(old: list[dict[str, Any]], step: Step, generation: int, t: dateti
         since = iso(t) if changed or "lastTransitionTime" not in p else p["lastTransitionTime"]
         out.append({"type": typ, "status": status, "reason": step.reason, "message": step.message,
                     "lastTransitionTime": since, "observedGeneration": generation})
-    return out
+    track = tracked(tracking, generation, prev.get("Tracked"), t)
+    return [*out, track] if track else out
 
 
 @dataclass
@@ -63,6 +82,18 @@ class StatusWriter:
         if unknown:
             raise ValueError(f"not a record field: {sorted(unknown)}")
         await run(self.kube.patch_status, meta["namespace"], meta["name"], dict(fields))
+
+    async def sync_tracked(self, meta: Mapping[str, Any], status: Mapping[str, Any], generation: int) -> None:
+        """Write the Tracked condition when MLflow answered after the last transition (an ended rollout
+        has no more transitions); called from the reconcile, the only other writer of conditions."""
+        old = list(status.get("conditions") or [])
+        prev = next((c for c in old if c.get("type") == "Tracked"), None)
+        new = tracked(status.get("tracking"), generation, prev, now())
+        same = ("status", "reason", "message", "observedGeneration")
+        if new is None or (prev is not None and all(prev.get(k) == new[k] for k in same)):
+            return
+        await run(self.kube.patch_status, meta["namespace"], meta["name"],
+                  {"conditions": [*(c for c in old if c.get("type") != "Tracked"), new]})
 
     async def _history(self, body: Mapping[str, Any], status: Mapping[str, Any], patch: Mapping[str, Any],
                        step: Step, generation: int, t: datetime) -> list[dict[str, Any]]:
@@ -91,7 +122,8 @@ class StatusWriter:
             patch["history"] = await self._history(body, status, patch, step, generation, t)
         patch.update({"phase": step.phase, "reason": step.reason, "message": cap(step.message),
                       "observedGeneration": generation,
-                      "conditions": conditions(list(status.get("conditions") or []), step, generation, t)})
+                      "conditions": conditions(list(status.get("conditions") or []), step, generation, t,
+                                               patch.get("tracking", status.get("tracking")))})
         await run(self.kube.patch_status, ns, name, patch)
         self.metrics.set_phase(name, ns, step.phase)
         if status.get("phase") != step.phase or status.get("reason") != step.reason:

@@ -107,6 +107,11 @@ def _tracked_run_equals_status(scenario: Scenario, mlflow_server: MlflowServer, 
     client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
     champion = client.get_model_version_by_alias(f"churn-{scenario.ns}", "champion")
     assert t.get("alias") == "champion" and champion.version == t["modelVersion"] and champion.run_id == t["runId"], t
+    end = time.monotonic() + 30  # the Tracked condition, written by the next reconcile of the ended rollout
+    while not (c := [c for c in scenario.status(name)["conditions"] if c["type"] == "Tracked"]) and \
+            time.monotonic() < end:
+        time.sleep(0.5)
+    assert c and (c[0]["status"], c[0]["reason"], c[0]["message"]) == ("True", "Tracked", t["url"]), c
 
 
 BAD = {  # kind: (gate, words of the reason)

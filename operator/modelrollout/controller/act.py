@@ -59,6 +59,7 @@ class Actions:
             self.metrics.set_phase(name, ns, step.phase)
             if (runs := history.with_run(status.get("history"), status)) is not None:  # tracking came late
                 await self.status.record(meta, {"history": runs})
+            await self.status.sync_tracked(meta, status, gen)
             return
         if a == "restart":
             # an approval or abort was for the attempt that ended, not for the next one

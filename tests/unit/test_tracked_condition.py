@@ -1,0 +1,55 @@
+"""The Tracked condition: MLflow's answer in the conditions, beside (never instead of) the decision."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry
+
+from modelrollout.core.decide import Step
+from modelrollout.opmetrics import OperatorMetrics
+from modelrollout.status import StatusWriter, conditions, tracked
+from tests.unit.fake_kube import FakeKube
+
+T0, T1 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC), datetime(2026, 12, 4, 10, 5, tzinfo=UTC)
+OK = {"state": "Tracked", "runId": "r1", "url": "http://mlflow/#/experiments/1/runs/r1"}
+
+
+def test_tracked_is_true_with_the_url_and_false_with_the_reason_of_either_failure() -> None:
+    assert tracked(None, 1, None, T0) is None and tracked({"experiment": "e"}, 1, None, T0) is None
+    ok = tracked(OK, 2, None, T0)
+    assert ok == {"type": "Tracked", "status": "True", "reason": "Tracked", "message": OK["url"],
+                  "lastTransitionTime": "2026-12-04T10:00:00Z", "observedGeneration": 2}
+    down = tracked({"state": "Failed", "message": "MLflow at http://m: ConnectionError"}, 2, ok, T1)
+    assert down is not None and (down["status"], down["reason"], down["lastTransitionTime"]) == (
+        "False", "TrackingFailed", "2026-12-04T10:05:00Z")
+    reg = tracked({**OK, "registryMessage": "no model version registered: refused"}, 2, down, T1)
+    assert reg is not None and (reg["reason"], reg["message"]) == ("RegistryFailed", "no model version registered: "
+                                                                   "refused")
+    assert tracked(OK, 2, ok, T1)["lastTransitionTime"] == "2026-12-04T10:00:00Z"  # type: ignore[index]
+
+
+def test_a_transition_keeps_it_and_a_restart_drops_it() -> None:
+    step = Step("none", "Promoted", "Promoted", "every gate passed")
+    with_run = conditions([], step, 1, T0, OK)
+    assert [c["type"] for c in with_run] == ["Ready", "Progressing", "Waiting", "Tracked"]
+    restart = Step("restart", "Pending", "Retry", "retry requested")
+    assert [c["type"] for c in conditions(with_run, restart, 1, T1, None)] == ["Ready", "Progressing", "Waiting"]
+
+
+def test_an_ended_rollout_gets_the_condition_when_mlflow_answers_late_and_only_once() -> None:
+    kube = FakeKube()
+    step = Step("none", "RolledBack", "GatesFailed", "gate 0 failed")
+    st = {"phase": "RolledBack", "conditions": conditions([], step, 3, T0), "tracking": {
+        "state": "Failed", "message": "MLflow at http://m: ReadTimeout"}}
+    kube.rollouts["ml", "r"] = {"metadata": {"name": "r", "namespace": "ml"}, "status": st}
+    w = StatusWriter(kube, OperatorMetrics(CollectorRegistry()))
+    meta = {"name": "r", "namespace": "ml"}
+    asyncio.run(w.sync_tracked(meta, st, 3))
+    got = kube.rollouts["ml", "r"]["status"]["conditions"]
+    assert [c["type"] for c in got] == ["Ready", "Progressing", "Waiting", "Tracked"]
+    assert got[3]["status"] == "False" and got[3]["message"] == "MLflow at http://m: ReadTimeout"
+    kube.rollouts["ml", "r"]["status"]["conditions"] = "sentinel"  # type: ignore[assignment]
+    asyncio.run(w.sync_tracked(meta, {**st, "conditions": got}, 3))
+    assert kube.rollouts["ml", "r"]["status"]["conditions"] == "sentinel"  # nothing new: no write
