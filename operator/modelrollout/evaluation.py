@@ -163,18 +163,25 @@ async def _rest(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Pro
 
 
 async def _slo(variants: Sequence[Variant], X: np.ndarray, spec: ModelRolloutSpec,
-               closed: dict[str, list[LoadResult]], progress: Progress) -> dict[str, SloResult]:
-    """The throughput-at-SLO searches, interleaved between the variants (core/slo.py)."""
+               closed: dict[str, list[LoadResult]], progress: Progress) -> tuple[
+        dict[str, SloResult], dict[str, list[ResourceSummary]]]:
+    """The throughput-at-SLO searches, interleaved between the variants (core/slo.py), with the memory
+    and CPU each probe drew: the heaviest load of the evaluation belongs in the peak."""
     if spec.load.latency_slo is None:
-        return {}
+        return {}, {}
     slo_ms = spec.load.latency_slo * 1000
     by_label = {v.label: v for v in variants}
+    watched: dict[str, list[ResourceSummary]] = {label: [] for label in by_label}
     with Generator() as gen:
         async def probe(label: str, batch: int, rate: float, warmup: float, seconds: float) -> LoadResult:
             cfg = _config(by_label[label].endpoint, X, spec, (batch, 1), seconds, warmup)
-            return await gen.run_async(replace(cfg, mode="open", rate=rate, max_in_flight=max_in_flight(rate, slo_ms)))
+            r, res = await _watched(by_label[label].source, replace(
+                cfg, mode="open", rate=rate, max_in_flight=max_in_flight(rate, slo_ms)), gen)
+            if res is not None:
+                watched[label].append(res)
+            return r
 
-        return await search_all(list(by_label), closed, spec.load, probe, progress)
+        return await search_all(list(by_label), closed, spec.load, probe, progress), watched
 
 
 async def _leak(v: Variant, X: np.ndarray, spec: ModelRolloutSpec, progress: Progress) -> LeakReport | None:
@@ -223,7 +230,7 @@ async def measure_all(variants: Sequence[Variant], X: np.ndarray, spec: ModelRol
     windowed = await _windows(variants, X, spec, progress)
     rest = {v.label: await _rest(v, X, spec, progress) for v in variants}
     sweeps = {v.label: [pool(windowed[v.label][0]), *rest[v.label][0]] for v in variants}
-    slo = await _slo(variants, X, spec, sweeps, progress)
+    slo, slo_res = await _slo(variants, X, spec, sweeps, progress)
     leaks = {v.label: await _leak(v, X, spec, progress) for v in variants}
     cpu_after = await _idle_cpu(variants)
     out = {}
@@ -232,7 +239,7 @@ async def measure_all(variants: Sequence[Variant], X: np.ndarray, spec: ModelRol
         windows, window_res = windowed[v.label]
         rest_res = rest[v.label][1]
         in_windows = [r for r in window_res if r is not None]
-        parts = in_windows + [r for r in rest_res if r is not None]
+        parts = in_windows + [r for r in rest_res if r is not None] + slo_res.get(v.label, [])
         per_window, per_cell = resolves(v.source, ld.duration / max(1, ld.windows)), resolves(v.source, ld.duration)
         out[v.label] = Measured(
             scored[v.label][0], scored[v.label][1], sweeps[v.label], merge(parts) if parts else None,

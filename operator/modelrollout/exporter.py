@@ -10,7 +10,10 @@ series per cell (at most the spec's 16 batch sizes x 17 concurrencies), and
 `modelrollout_sweep_default_cell{rollout, namespace, batch_size, concurrency}` 1 marks the default cell.
 The hold-out is `modelrollout_holdout_info{rollout, namespace, sha256, schema_sha256}` 1, with
 `modelrollout_holdout_rows` and `modelrollout_holdout_size_bytes`: an alert can fire when a target's
-hold-out digest changes between rollouts.
+hold-out digest changes between rollouts. The throughput-at-SLO search is `modelrollout_latency_slo_seconds`
+(the SLO), `modelrollout_slo_batch_size` and `modelrollout_slo_offered_requests_per_second` (where the
+headline was found) and `modelrollout_slo_rows_per_second{..., batch_size}` (each batch size's best, the
+curve a dashboard draws).
 """
 
 from __future__ import annotations
@@ -85,6 +88,16 @@ class FigureExporter:
         self.holdout_bytes = Gauge("modelrollout_holdout_size_bytes", "Size of the hold-out file, in bytes.",
                                    ["rollout", "namespace"], registry=self.registry)
 
+        variant = ["rollout", "namespace", "variant"]
+        self.slo = Gauge("modelrollout_latency_slo_seconds", "load.latencySLO: the p99 the throughput-at-SLO search "
+                         "stays under.", ["rollout", "namespace"], registry=self.registry)
+        self.slo_batch = Gauge("modelrollout_slo_batch_size", "The batch size with the most rows/s at the latency "
+                               "SLO.", variant, registry=self.registry)
+        self.slo_rate = Gauge("modelrollout_slo_offered_requests_per_second", "Requests/s offered (open loop) "
+                              "where the throughput at the SLO was found.", variant, registry=self.registry)
+        self.slo_by_batch = Gauge("modelrollout_slo_rows_per_second", "Rows/s at the latency SLO for one batch "
+                                  "size (the first search).", [*variant, "batch_size"], registry=self.registry)
+
     def _gate(self, name: str, doc: str) -> Gauge:
         return Gauge(f"modelrollout_gate_{name}", doc, GATE_LABELS, registry=self.registry)
 
@@ -113,6 +126,31 @@ class FigureExporter:
         self.promote.labels(rollout, namespace).set(1.0 if rep.decision.promote else 0.0)
         self._observe_sweep(rep.evidence.sweep, rollout, namespace)
         self._observe_holdout(rep, rollout, namespace)
+        self._observe_slo(rep, rollout, namespace)
+
+    def _observe_slo(self, rep: Report, rollout: str, namespace: str) -> None:
+        kept: dict[int, set[tuple[str, ...]]] = {id(g): set() for g in self._slo_gauges}
+        for variant in ("candidate", "baseline"):
+            d = (rep.details.get(variant) or {}).get("sloSearch") or {}
+            if not d:
+                continue
+            for g, value in ((self.slo_batch, d.get("batchSize")), (self.slo_rate, d.get("rateRps"))):
+                if isinstance(value, int | float) and math.isfinite(value):
+                    g.labels(rollout, namespace, variant).set(value)
+                    kept[id(g)].add((rollout, namespace, variant))
+            for batch, rows in (d.get("byBatchSize") or {}).items():
+                if isinstance(rows, int | float) and math.isfinite(rows):
+                    self.slo_by_batch.labels(rollout, namespace, variant, str(batch)).set(rows)
+                    kept[id(self.slo_by_batch)].add((rollout, namespace, variant, str(batch)))
+            if isinstance(d.get("sloMs"), int | float):
+                self.slo.labels(rollout, namespace).set(float(d["sloMs"]) * 1e-3)
+                kept[id(self.slo)].add((rollout, namespace))
+        for g in self._slo_gauges:
+            forget_series([g], rollout, namespace, keep=kept[id(g)])
+
+    @property
+    def _slo_gauges(self) -> list[Gauge]:
+        return [self.slo, self.slo_batch, self.slo_rate, self.slo_by_batch]
 
     def _observe_holdout(self, rep: Report, rollout: str, namespace: str) -> None:
         """One info series per rollout: the digest of a new file replaces the old one's."""
@@ -150,7 +188,7 @@ class FigureExporter:
         """Remove every series of a deleted rollout, so dashboards and alerts stop showing it."""
         forget_series([*self._figures.values(), self.gate_value, self.gate_threshold, self.gate_passed,
                        self.gate_inconclusive, self.promote, *self.sweep.values(), self.sweep_default,
-                       self.holdout_info, self.holdout_rows, self.holdout_bytes],
+                       self.holdout_info, self.holdout_rows, self.holdout_bytes, *self._slo_gauges],
                       rollout, namespace)
 
 

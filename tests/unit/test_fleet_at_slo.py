@@ -57,3 +57,36 @@ def test_the_slo_figure_has_an_interval_from_its_searches() -> None:
     assert sysf.windows is not None
     iv = sysf.windows["throughput_at_slo_rps"].interval(0.95)
     assert iv is not None and iv.low < 1250.0 < iv.high and iv.resamples == 3
+
+
+def test_where_the_slo_figure_was_found_is_a_series_per_variant_and_batch_size_and_passes_promtool() -> None:
+    import shutil
+    import subprocess
+
+    from prometheus_client import generate_latest
+
+    from modelrollout.core.gates import Decision, Evidence, Outcome
+    from modelrollout.core.report import Report
+    from modelrollout.exporter import FigureExporter
+
+    m = measured(512, (1200.0, 1300.0, 1250.0))
+    assert m.slo is not None
+    found = m.slo.as_dict()
+    rep = Report(task="binary-classification", evidence=Evidence({"f1": 0.9}), gates=[],
+                 decision=Decision(Outcome.PROMOTE, "ok"), details={"candidate": {"sloSearch": found}})
+    ex = FigureExporter()
+    ex.observe(rep, "r", "ml")
+    text = generate_latest(ex.registry).decode()
+    assert 'modelrollout_latency_slo_seconds{namespace="ml",rollout="r"} 0.05' in text
+    assert 'modelrollout_slo_batch_size{namespace="ml",rollout="r",variant="candidate"} 8.0' in text
+    assert f'modelrollout_slo_offered_requests_per_second{{namespace="ml",rollout="r",variant="candidate"}} ' \
+        f'{found["rateRps"]}' in text
+    assert 'modelrollout_slo_rows_per_second{batch_size="8",namespace="ml",rollout="r",variant="candidate"} 1200.0' \
+        in text
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian's prometheus package) is required: ./dev test installs it"
+    out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ex.observe(Report(task="binary-classification", evidence=Evidence({"f1": 0.9}), gates=[],
+                      decision=Decision(Outcome.PROMOTE, "ok")), "r", "ml")  # no SLO any more: the series go
+    assert "modelrollout_slo_batch_size{" not in generate_latest(ex.registry).decode()
