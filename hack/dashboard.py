@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import json
 
-from grafana_foundation_sdk.builders import dashboard, prometheus, stat, statetimeline, table, timeseries, xychart
+from grafana_foundation_sdk.builders import (
+    barchart,
+    dashboard,
+    prometheus,
+    stat,
+    statetimeline,
+    table,
+    timeseries,
+    xychart,
+)
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, DataTransformerConfig, DynamicConfigValue
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
@@ -102,6 +111,24 @@ def sweep_panels() -> list[table.Panel | xychart.Panel]:
     return out
 
 
+def slo_panels() -> list[barchart.Panel | stat.Panel]:
+    """The throughput-at-SLO search's curve: each batch size's best rows/s within the SLO, per variant."""
+    by_batch = (prometheus.Dataquery().expr(f"modelrollout_slo_rows_per_second{{{SEL}}}").instant()
+                .format(PromQueryFormat.TABLE).ref_id("slo"))
+    curve = (barchart.Panel().title("Rows/s at the latency SLO by batch size, candidate vs baseline")
+             .description("The first throughput-at-SLO search of the last evaluation: for each batch size, the most "
+                          "rows/s whose p99 met load.latencySLO (open loop). Pick one rollout.")
+             .datasource(DS).height(8).span(12).unit("rowsps").x_field("batch_size").with_target(by_batch)
+             .with_transformation(DataTransformerConfig(id_val="groupingToMatrix", options={
+                 "columnField": "variant", "rowField": "batch_size", "valueField": "Value"})))
+    where = (stat.Panel().title("Where the throughput at the SLO was found").datasource(DS).height(8).span(12)
+             .with_target(q(f"modelrollout_slo_batch_size{{{SEL}}}", "{{rollout}} {{variant}} batch size"))
+             .with_target(q(f"modelrollout_slo_offered_requests_per_second{{{SEL}}}",
+                            "{{rollout}} {{variant}} requests/s offered"))
+             .with_target(q(f"modelrollout_latency_slo_seconds{{{SEL}}}", "{{rollout}} SLO (p99, s)")))
+    return [curve, where]
+
+
 def build() -> dashboard.Dashboard:
     d = (dashboard.Dashboard("modelrollout").uid("modelrollout").tags(["mlops", "modelrollout"])
          .refresh("30s").time("now-6h", "now")
@@ -121,6 +148,9 @@ def build() -> dashboard.Dashboard:
     d = d.with_row(dashboard.Row("Load sweep: batch size x concurrency"))
     for sp in sweep_panels():
         d = d.with_panel(sp)
+    d = d.with_row(dashboard.Row("Throughput at the latency SLO"))
+    for slo in slo_panels():
+        d = d.with_panel(slo)
     return d
 
 

@@ -213,6 +213,23 @@ def test_the_dashboard_plots_latency_against_throughput_per_variant() -> None:
     assert named == set(SWEEP_FIGURES)  # every one the exporter writes, and nothing it does not
 
 
+def test_the_dashboard_draws_the_slo_curve_by_batch_size_from_series_the_exporter_writes() -> None:
+    from modelrollout.exporter import FigureExporter
+
+    d = json.loads((ROOT / "charts" / "modelrollout" / "files" / "dashboard.json").read_text())
+    bars = [p for p in d["panels"] if p["type"] == "barchart"]
+    assert len(bars) == 1 and bars[0]["options"]["xField"] == "batch_size"
+    assert [t["expr"].split("{")[0] for t in bars[0]["targets"]] == ["modelrollout_slo_rows_per_second"]
+    assert bars[0]["transformations"][0]["id"] == "groupingToMatrix"
+    assert bars[0]["transformations"][0]["options"]["columnField"] == "variant"
+    written = {m.name for m in FigureExporter().registry.collect()}
+    named = {t["expr"].split("{")[0] for p in d["panels"] for t in p.get("targets", [])
+             if "slo" in t["expr"].split("{")[0]}
+    assert named == {"modelrollout_slo_rows_per_second", "modelrollout_slo_batch_size",
+                     "modelrollout_slo_offered_requests_per_second", "modelrollout_latency_slo_seconds"}
+    assert named <= written
+
+
 # --- where the throughput at the SLO was found ----------------------------------------------------------
 
 def slo_result() -> SloResult:
