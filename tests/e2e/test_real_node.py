@@ -53,6 +53,17 @@ def load_job(node: RealNode, ns: str, service: str, seconds: int) -> dict[str, A
                                 "command": ["python3", "-c", LOAD, url, str(seconds)]}]}}}}
 
 
+# A server with a second process beside it (as KServe's or gunicorn's workers are): the parent holds 160 MiB
+# and starts the model server as its child, whose own /metrics counts only itself.
+TWO_PROCESSES = """
+import subprocess, sys
+held = bytearray(160 * 2**20)
+for i in range(0, len(held), 4096):
+    held[i] = 1
+sys.exit(subprocess.Popen([sys.executable, *sys.argv[1:]]).wait())
+"""
+
+
 def server_args(model: str) -> list[str]:
     return [*SERVE[:3], f"/models/{model}", *SERVE[3:]]
 
@@ -126,10 +137,17 @@ def test_helm_install_stage_canary_promote_and_roll_back(real_node: RealNode, mo
     before = {p["metadata"]["uid"] for p in node.pods(USER, "app=churn")}
     assert "Promoted" in kubectl_modelrollout(node, "-n", USER, "status", "good")
 
-    # A worse candidate: rolled back on the gate it failed, production's pods untouched, alert firing.
-    node.rollout(USER, "bad", "churn", server_args("bad.skops"))
+    # A worse candidate, served by two processes: rolled back on the gate it failed, production's pods
+    # untouched, alert firing; its memory is the pod's (cgroup), not the one process its /metrics describes.
+    node.rollout(USER, "bad", "churn", ["-c", TWO_PROCESSES, *server_args("bad.skops")])
     st = node.wait_phase(USER, "bad", {"Promoted", "RolledBack", "Failed"}, timeout=300)
     assert st["phase"] == "RolledBack", st
+    assert st["capacity"]["memorySource"]["candidate"] == "metrics.k8s.io"
+    own = node.prometheus.query(f'max(max_over_time(process_resident_memory_bytes{{namespace="{USER}", '
+                                f'pod=~"bad-candidate-.*"}}[15m]))')
+    own_mib = float(own[0]["value"][1]) / 2**20
+    cand, base = st["candidate"]["metrics"]["memory_peak_mib"], st["baseline"]["metrics"]["memory_peak_mib"]
+    assert cand > own_mib + 120 and cand > base + 120, (cand, own_mib, base)  # the 160 MiB the parent holds
     failed = [g for g in st["gates"] if g["verdict"] == "Fail"]
     assert failed and all(g["metric"] == "f1" for g in failed), failed
     assert "f1" in st["decision"]["reason"]
