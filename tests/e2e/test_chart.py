@@ -88,9 +88,37 @@ def test_namespaced_install_grants_roles_only_in_listed_namespaces(cluster: Clus
     assert env["MODELROLLOUT_HOLDOUT_MEMORY_MIB"] == "384"
 
 
+def test_the_standard_values_render_and_the_chart_works_as_a_subchart(cluster: Cluster, tmp_path: Path) -> None:
+    docs = render(cluster, "--set", "additionalLabels.release=kube-prometheus-stack", "--set", "podLabels.team=ml",
+                  "--set", "podAnnotations.a=b", "--set", "priorityClassName=platform", "--set", "nameOverride=mr-op",
+                  "--set", "fullnameOverride=ml-rollouts", "--set-json", 'imagePullSecrets=[{"name": "registry"}]',
+                  "--set-json", 'affinity={"nodeAffinity": {}}', "--set", "serviceMonitor.enabled=true",
+                  "--set", "prometheusRule.enabled=true")
+    assert all(d["metadata"]["labels"]["release"] == "kube-prometheus-stack" for d in docs), docs
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["metadata"]["name"] == "ml-rollouts" and dep["metadata"]["labels"]["app.kubernetes.io/name"] == "mr-op"
+    pod = dep["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "ml" and pod["metadata"]["annotations"] == {"a": "b"}
+    assert (pod["spec"]["priorityClassName"], pod["spec"]["imagePullSecrets"]) == ("platform", [{"name": "registry"}])
+    assert pod["spec"]["containers"][0]["image"] == "ghcr.io/modelrollout/modelrollout:" + yaml.safe_load(
+        (CHART / "Chart.yaml").read_text())["appVersion"]  # the tag defaults to the chart's appVersion
+    # an umbrella chart with this one as a dependency, global values and all
+    umbrella = tmp_path / "platform"
+    (umbrella / "charts").mkdir(parents=True)
+    (umbrella / "Chart.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v2", "name": "platform", "version": "1.0.0",
+        "dependencies": [{"name": "modelrollout", "version": "0.1.0", "repository": f"file://{CHART}"}]}))
+    (umbrella / "values.yaml").write_text(yaml.safe_dump({"global": {"imageRegistry": "registry.internal"},
+                                                          "modelrollout": {"podLabels": {"team": "platform"}}}))
+    helm(cluster, "dependency", "build", str(umbrella))
+    out = helm(cluster, "template", "p", str(umbrella), "--namespace", "platform", "--kube-version", "1.35.4")
+    sub = next(d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment")
+    assert sub["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
+
+
 @pytest.mark.parametrize(("setting", "words"), [
     ("replicas=3", "replicas"), ("operator.maxConcurrentEvaluations=0", "maxConcurrentEvaluations"),
-    ("alerts.stuckFor=soon", "stuckFor"), ("colour=blue", "colour"),
+    ("alerts.stuckFor=soon", "stuckFor"), ("colour=blue", "colour"), ("podLabels.team=null", "podLabels"),
 ])
 def test_schema_rejects_bad_values_clearly(cluster: Cluster, setting: str, words: str) -> None:
     out = helm(cluster, "template", "mr", str(CHART), "--kube-version", "1.35.4", "--set", setting, check=False)
@@ -193,6 +221,10 @@ def installed(cluster: Cluster, operator: Operator) -> str:
 def test_helm_install_succeeds(cluster: Cluster, installed: str) -> None:
     out = helm(cluster, "status", "mr", "--namespace", "modelrollout-system")
     assert "STATUS: deployed" in out.stdout
+    notes = helm(cluster, "get", "notes", "mr", "--namespace", "modelrollout-system").stdout
+    for line in ("kubectl -n modelrollout-system rollout status deployment/mr", "kubectl get modelrollouts -A --watch",
+                 "kubectl modelrollout status <name> -n <namespace>", "kubectl apply --server-side -f"):
+        assert line in notes, notes
     dep = json.loads(cluster.kubectl("-n", "modelrollout-system", "get", "deployment", "mr", "-o", "json").stdout)
     assert dep["status"].get("availableReplicas") == 1
 
