@@ -144,3 +144,26 @@ def test_candidate_template_changes_only_the_first_container() -> None:
     assert c["spec"]["containers"][0]["env"] == [{"name": "K", "value": "1"}, {"name": "M", "value": "new"}]
     assert c["spec"]["containers"][1] == t["spec"]["containers"][1]
     assert t["spec"]["containers"][0]["image"] == "a:1"  # the input is not changed
+
+
+def test_promote_skips_the_pause_of_the_step_it_names_or_every_step_but_never_a_failed_gate() -> None:
+    sp = spec(canary={"steps": [{"weight": 10, "pause": "10m"}, {"weight": 50, "pause": "10m"}]},
+              gates=[{"name": "errors", "query": 'e{namespace="a"}', "max": 0, "count": 2}])
+    passed = {"index": 0, "verdict": "Pass", "since": 30}
+    st: dict[str, Any] = {"phase": "Canary", "observedGeneration": 1, "canary": {
+        "step": 0, "startedAt": ago(31), "steps": [{"step": 1, "measurements": [passed]}]}}
+    assert decide(sp, st, obs(canary_available=True)).action == "wait"  # 9 minutes of the pause left
+    s = decide(sp, st, obs(canary_available=True, annotations={"modelrollout.dev/promote": "1"}))
+    assert (s.action, s.canary_step) == ("canary", 1) and "pause skipped" in s.message
+    # a stale "1" does nothing at step 2; "2" at the last step promotes; "full" promotes from any step
+    st["canary"] = {"step": 1, "startedAt": ago(31), "steps": [{"step": 2, "measurements": [passed]}]}
+    assert decide(sp, st, obs(canary_available=True, annotations={"modelrollout.dev/promote": "1"})).action == "wait"
+    s = decide(sp, st, obs(canary_available=True, annotations={"modelrollout.dev/promote": "2"}))
+    assert (s.action, s.reason) == ("promote", "PromotedByUser")
+    st["canary"]["step"] = 0
+    st["canary"]["steps"] = [{"step": 1, "measurements": [passed]}]
+    s = decide(sp, st, obs(canary_available=True, annotations={"modelrollout.dev/promote": "full"}))
+    assert (s.action, s.phase, s.reason) == ("promote", "Promoted", "PromotedByUser") and "skipped" in s.message
+    st["canary"]["steps"] = [{"step": 1, "measurements": [{**passed, "verdict": "Fail", "message": "errors: 3"}]}]
+    s = decide(sp, st, obs(canary_available=True, annotations={"modelrollout.dev/promote": "full"}))
+    assert (s.action, s.reason) == ("rollback", "CanaryGateFailed")  # a failed live gate still wins

@@ -1,4 +1,4 @@
-"""`kubectl modelrollout list|status|history|approve|abort|undo|retry`: rollouts from the terminal.
+"""`kubectl modelrollout list|get|status|history|approve|promote|abort|undo|retry|report|completion`.
 
 Installed as the console script `kubectl-modelrollout`, so kubectl finds it as a plugin.
 """
@@ -11,14 +11,31 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from modelrollout.cli.kubectl_view import cmd_get, cmd_report, completion
 from modelrollout.core import history
-from modelrollout.core.decide import ANNOTATION_ABORT, ANNOTATION_APPROVE, ANNOTATION_RETRY, ANNOTATION_UNDO, TERMINAL
+from modelrollout.core.decide import (
+    ANNOTATION_ABORT,
+    ANNOTATION_APPROVE,
+    ANNOTATION_PROMOTE,
+    ANNOTATION_RETRY,
+    ANNOTATION_UNDO,
+    TERMINAL,
+)
 from modelrollout.core.report import STATUS_CELLS, from_status, to_text
 from modelrollout.kube.api import Kube, current_namespace
 
 
 def _namespace(args: argparse.Namespace) -> str:
-    return str(args.namespace) if args.namespace else current_namespace(args.kubeconfig)
+    return str(args.namespace) if args.namespace else current_namespace(args.kubeconfig, args.context)
+
+
+def _rollout(kube: Kube, args: argparse.Namespace) -> tuple[str, dict[str, Any] | None]:
+    ns = _namespace(args)
+    r = kube.get_rollout(ns, args.name)
+    if r is None:
+        print(f'Error from server (NotFound): modelrollouts.modelrollout.dev "{args.name}" not found in namespace '
+              f'"{ns}"', file=sys.stderr)
+    return ns, r
 
 
 def cmd_list(kube: Kube, args: argparse.Namespace) -> int:
@@ -36,10 +53,8 @@ def cmd_list(kube: Kube, args: argparse.Namespace) -> int:
 
 
 def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
-    ns = _namespace(args)
-    r = kube.get_rollout(ns, args.name)
+    ns, r = _rollout(kube, args)
     if r is None:
-        print(f"error: modelrollout {ns}/{args.name} not found", file=sys.stderr)
         return 1
     st = r.get("status") or {}
     print(f"{ns}/{args.name}: {st.get('phase', 'Pending')} ({st.get('reason', '')}) {st.get('message', '')}")
@@ -90,6 +105,9 @@ def _canary_lines(canary: dict[str, Any]) -> list[str]:
 
 def _refusal(command: str, phase: str, st: dict[str, Any]) -> str | None:
     """Why the command cannot act on a rollout in this phase, in plain words (None: it can)."""
+    if command == "promote" and phase not in ("Canary", "AwaitingApproval"):
+        return (f"is {phase}: promote acts on a rollout in its canary steps or awaiting approval; the gates decide "
+                "before that")
     if command == "abort" and phase in TERMINAL:
         hint = "; `kubectl modelrollout undo` restores the previous template" if phase == "Promoted" else ""
         return f"is {phase}, which is final: abort changes nothing{hint}"
@@ -103,45 +121,86 @@ def _refusal(command: str, phase: str, st: dict[str, Any]) -> str | None:
     return None
 
 
-def _annotate(kube: Kube, args: argparse.Namespace, key: str, value: str, done: str) -> int:
-    ns = _namespace(args)
-    r = kube.get_rollout(ns, args.name)
+def _annotate(kube: Kube, args: argparse.Namespace, annotations: dict[str, str], done: str) -> int:
+    ns, r = _rollout(kube, args)
     if r is None:
-        print(f"error: modelrollout {ns}/{args.name} not found", file=sys.stderr)
         return 1
     st = r.get("status") or {}
     refused = _refusal(args.command, str(st.get("phase") or "Pending"), st)
     if refused:
         print(f"error: modelrollout {ns}/{args.name} {refused}", file=sys.stderr)
         return 1
-    kube.annotate_rollout(ns, args.name, {key: value})
-    print(f"modelrollout {ns}/{args.name} {done}")
+    kube.annotate_rollout(ns, args.name, annotations)
+    print(f"modelrollout.modelrollout.dev/{args.name} {done}")
     return 0
 
 
+def cmd_promote(kube: Kube, args: argparse.Namespace) -> int:
+    """In AwaitingApproval: approve (and with --full skip the canary); in Canary: end this step or all."""
+    _, r = _rollout(kube, args)
+    if r is None:
+        return 1
+    st = r.get("status") or {}
+    step = int((st.get("canary") or {}).get("step", 0)) + 1
+    if st.get("phase") == "AwaitingApproval":
+        return _annotate(kube, args, {ANNOTATION_APPROVE: "true", **({ANNOTATION_PROMOTE: "full"} if args.full
+                                                                      else {})}, "approved")
+    return _annotate(kube, args, {ANNOTATION_PROMOTE: "full" if args.full else str(step)},
+                     "promoted: every remaining step skipped" if args.full else f"promoted: step {step}'s pause ends")
+
+
+VERBS: dict[str, tuple[str, str]] = {  # verb -> (argument, help)
+    "list": ("", "rollouts with their phase and decision"),
+    "get": ("name", "one rollout's phase, step, weight and gates (--watch: live until it ends)"),
+    "status": ("name", "the side-by-side table and gate verdicts"),
+    "history": ("target", "the recent rollouts of one Deployment, figure by figure with intervals"),
+    "approve": ("name", "approve a Manual rollout"),
+    "promote": ("name", "end the current canary step's pause now (--full: skip every remaining step)"),
+    "abort": ("name", "abort: production goes back to exactly as before"),
+    "undo": ("name", "put a Promoted rollout's target back to its previous template"),
+    "retry": ("name", "start a finished rollout over"),
+    "report": ("name", "write the last evaluation's report (HTML, Markdown, JSON) from status"),
+    "completion": ("shell", "print a shell completion script (bash or zsh)"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    """kubectl's conventions: -n, --context and --kubeconfig before or after the verb."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="the namespace (default: the context's)")
+    common.add_argument("--context", default=argparse.SUPPRESS, help="the kubeconfig context to use")
+    common.add_argument("--kubeconfig", default=argparse.SUPPRESS, help="path to the kubeconfig file")
+    p = argparse.ArgumentParser(prog="kubectl modelrollout", description=__doc__, parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for verb, (arg, text) in VERBS.items():
+        sp = sub.add_parser(verb, help=text, description=text, parents=[common])
+        if arg == "shell":
+            sp.add_argument(arg, choices=["bash", "zsh"])
+        elif arg:
+            sp.add_argument(arg)
+        if verb == "list":
+            sp.add_argument("-A", "--all-namespaces", action="store_true")
+        if verb == "get":
+            sp.add_argument("-w", "--watch", action="store_true")
+        if verb == "promote":
+            sp.add_argument("--full", action="store_true", help="skip every remaining canary step")
+        if verb == "report":
+            sp.add_argument("--dir", default=None, help="where to write it (default: report-<name>)")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kubectl modelrollout", description=__doc__)
-    p.add_argument("-n", "--namespace")
-    p.add_argument("--kubeconfig")
-    sub = p.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("list", help="rollouts with their phase and decision")
-    ls.add_argument("-A", "--all-namespaces", action="store_true")
-    for name, text in (("status", "the side-by-side table and gate verdicts"), ("approve", "approve a Manual rollout"),
-                       ("abort", "abort: production goes back to exactly as before"),
-                       ("undo", "put a Promoted rollout's target back to its previous template"),
-                       ("retry", "start a finished rollout over")):
-        sp = sub.add_parser(name, help=text)
-        sp.add_argument("name")
-    hist = sub.add_parser("history", help="the recent rollouts of one Deployment, figure by figure with intervals")
-    hist.add_argument("target", help="the Deployment's name (spec.targetRef.name)")
-    args = p.parse_args(argv)
-    kube = Kube(args.kubeconfig)
-    if args.command == "list":
-        return cmd_list(kube, args)
-    if args.command == "status":
-        return cmd_status(kube, args)
-    if args.command == "history":
-        return cmd_history(kube, args)
+    args = _parser().parse_args(argv)
+    for k in ("namespace", "context", "kubeconfig"):
+        setattr(args, k, getattr(args, k, None))
+    if args.command == "completion":
+        print(completion(args.shell, list(VERBS)))
+        return 0
+    kube = Kube(args.kubeconfig, args.context)
+    commands = {"list": cmd_list, "get": cmd_get, "status": cmd_status, "history": cmd_history,
+                "promote": cmd_promote, "report": cmd_report}
+    if args.command in commands:
+        return commands[args.command](kube, args)
     key, value, done = {
         "approve": (ANNOTATION_APPROVE, "true", "approved"),
         "abort": (ANNOTATION_ABORT, "true", "aborted"),
@@ -149,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "only if nobody changed it since)"),
         "retry": (ANNOTATION_RETRY, str(int(time.time())), "will start over"),
     }[args.command]
-    return _annotate(kube, args, key, value, done)
+    return _annotate(kube, args, {key: value}, done)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from modelrollout.core import history
 from modelrollout.core.decide import (
     ANNOTATION_ABORT,
     ANNOTATION_APPROVE,
+    ANNOTATION_PROMOTE,
     ANNOTATION_RETRY,
     ANNOTATION_UNDO,
     TERMINAL,
@@ -64,7 +65,8 @@ class Actions:
         if a == "restart":
             # an approval or abort was for the attempt that ended, not for the next one
             await run(self.kube.annotate_rollout, ns, name,
-                      {ANNOTATION_APPROVE: None, ANNOTATION_ABORT: None, ANNOTATION_UNDO: None})
+                      {ANNOTATION_APPROVE: None, ANNOTATION_ABORT: None, ANNOTATION_UNDO: None,
+                       ANNOTATION_PROMOTE: None})
             if status.get("phase") not in TERMINAL:  # a canary step may have scaled production down
                 await self.restore(body, spec, status, target)
             await self.cleanup(body, spec, status)

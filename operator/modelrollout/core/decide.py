@@ -23,6 +23,8 @@ ANNOTATION_APPROVE = "modelrollout.dev/approve"
 ANNOTATION_ABORT = "modelrollout.dev/abort"
 ANNOTATION_RETRY = "modelrollout.dev/retry"
 ANNOTATION_UNDO = "modelrollout.dev/undo"
+# "full": skip every remaining canary step; "<n>": end step n's pause now (live gates already failed still win)
+ANNOTATION_PROMOTE = "modelrollout.dev/promote"
 TERMINAL = frozenset({"Promoted", "RolledBack", "Failed"})
 CANARY_CHECK_GRACE = 300.0  # seconds a canary step may overrun its measurements (slow or unreachable Prometheus)
 
@@ -203,6 +205,16 @@ def decide(spec: ModelRolloutSpec | None, status: Mapping[str, Any], obs: Observ
         if result is analysis.StepOutcome.INCONCLUSIVE:
             return Step("rollback", "RolledBack", "CanaryInconclusive",
                         f"canary step {i + 1}: {why}; production restored")
+        skip = obs.annotations.get(ANNOTATION_PROMOTE)
+        if skip == "full":
+            return Step("promote", "Promoted", "PromotedByUser", f"promoted by {ANNOTATION_PROMOTE}=full at canary "
+                        f"step {i + 1}: the remaining steps were skipped; every gate measured so far passed")
+        if skip == str(i + 1) and i + 1 < len(steps):
+            return Step("canary", "Canary", "CanaryStep", f"canary step {i + 2}: candidate at {steps[i + 1].weight}% "
+                        f"(step {i + 1}'s pause skipped by {ANNOTATION_PROMOTE})", i + 1)
+        if skip == str(i + 1):
+            return Step("promote", "Promoted", "PromotedByUser", f"promoted by {ANNOTATION_PROMOTE}={i + 1}: the "
+                        "last canary step's pause was skipped; every gate measured so far passed")
         if analysis.due(gates, pause, since, taken):
             return Step("measure", "Canary", "CanaryStep", f"canary step {i + 1}: measuring live gates", i)
         if result is analysis.StepOutcome.PASSED and since >= pause:

@@ -63,21 +63,26 @@ def pod_requests(template_spec: Mapping[str, Any]) -> tuple[float, float]:
     return mem, cpu
 
 
-def current_namespace(kubeconfig: str | None = None) -> str:
-    """The namespace of the kubeconfig's current context, as kubectl would use."""
+def current_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig's current (or named) context, as kubectl would use."""
     try:
-        _, ctx = config.list_kube_config_contexts(config_file=kubeconfig)
+        contexts, ctx = config.list_kube_config_contexts(config_file=kubeconfig)
+        if context is not None:
+            ctx = next((c for c in contexts if c.get("name") == context), {})
         return str(ctx.get("context", {}).get("namespace") or "default")
     except (config.ConfigException, OSError):
         return "default"
 
 
 class Kube:
-    def __init__(self, kubeconfig: str | None = None):
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None):
+        """In a pod, its ServiceAccount; elsewhere (or when a kubeconfig or context is named) the kubeconfig."""
         try:
+            if kubeconfig is not None or context is not None:
+                raise config.ConfigException("a kubeconfig was asked for")
             config.load_incluster_config()
         except config.ConfigException:
-            config.load_kube_config(config_file=kubeconfig)
+            config.load_kube_config(config_file=kubeconfig, context=context)
         self.api = client.ApiClient()
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
