@@ -21,6 +21,10 @@ class OperatorMetrics:
                            ["rollout", "namespace", "phase"], registry=registry)
         self.decisions = Counter("modelrollout_decisions_total", "Rollouts decided, by result.",
                                  ["namespace", "result"], registry=registry)
+        # one series per rollout, its last decision: alerts can name the rollout and the reason
+        self.decided_at = Gauge("modelrollout_decision_timestamp_seconds", "When a rollout was last decided (Unix "
+                                "time), with its result and reason.", ["rollout", "namespace", "result", "reason"],
+                                registry=registry)
         self.eval_seconds = Histogram("modelrollout_evaluation_duration_seconds", "Time to evaluate both variants.",
                                       buckets=(5, 15, 30, 60, 120, 300, 600, 1200), registry=registry)
         self.eval_errors = Counter("modelrollout_evaluation_errors_total", "Evaluations that failed.",
@@ -62,8 +66,14 @@ class OperatorMetrics:
 
     def forget(self, name: str, ns: str) -> None:
         """A deleted rollout leaves no series behind (its phase gauge would keep ModelRolloutStuck firing)."""
-        forget_series([self.phase, self.canary_value, self.canary_threshold, self.canary_measurements], name, ns)
+        forget_series([self.phase, self.canary_value, self.canary_threshold, self.canary_measurements,
+                       self.decided_at], name, ns)
         self.figures.forget(name, ns)
+
+    def decided(self, name: str, ns: str, result: str, reason: str, at: float) -> None:
+        self.decisions.labels(ns, result).inc()
+        forget_series([self.decided_at], name, ns)
+        self.decided_at.labels(name, ns, result, reason).set(at)
 
     def set_phase(self, name: str, ns: str, phase: str) -> None:
         for p in PHASES:

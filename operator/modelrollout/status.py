@@ -34,6 +34,28 @@ def iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def failing(status: Mapping[str, Any]) -> str:
+    """The first gate that blocks the rollout, for the Failing column: an evaluation gate that failed or was
+    inconclusive (not a dry run), else a live canary gate that did; "none" when none did."""
+    for g in status.get("gates") or []:
+        if g.get("verdict") in ("Fail", "Inconclusive") and not g.get("dryRun"):
+            t = g.get("threshold")
+            return cap(f"{g.get('metric')} {g.get('bound')} {f'{t:g}' if isinstance(t, int | float) else t}", 120)
+    for record in (status.get("canary") or {}).get("steps") or []:
+        for m in record.get("measurements") or []:
+            if m.get("verdict") in ("Fail", "Error") and not m.get("dryRun"):
+                return cap(f"{m.get('gate')} at canary step {record.get('step')}", 120)
+    return "none"
+
+
+def weight(phase: str, status: Mapping[str, Any]) -> int:
+    """The candidate's share of production, for the Weight column: 100 once promoted, the step's weight in
+    a canary step, 0 otherwise (production is all the old model)."""
+    if phase == "Promoted":
+        return 100
+    return int((status.get("canary") or {}).get("weight") or 0) if phase == "Canary" else 0
+
+
 def tracked(tracking: Mapping[str, Any] | None, generation: int, old: Mapping[str, Any] | None,
             t: datetime) -> dict[str, Any] | None:
     """The Tracked condition: True with the run's URL, False when the run or the registry failed
@@ -120,6 +142,8 @@ class StatusWriter:
         t = now()
         if step.phase in TERMINAL and status.get("phase") != step.phase:
             patch["history"] = await self._history(body, status, patch, step, generation, t)
+        after = {**status, **patch}
+        patch.update({"weight": weight(step.phase, after), "failing": failing(after)})
         patch.update({"phase": step.phase, "reason": step.reason, "message": cap(step.message),
                       "observedGeneration": generation,
                       "conditions": conditions(list(status.get("conditions") or []), step, generation, t,
@@ -130,5 +154,5 @@ class StatusWriter:
             warning = step.phase in ("RolledBack", "Failed")
             await run(self.kube.event, body, step.reason, f"{step.phase}: {step.message}", warning)
             if step.phase in TERMINAL:
-                self.metrics.decisions.labels(ns, step.phase).inc()
+                self.metrics.decided(name, ns, step.phase, step.reason, t.timestamp())
             log.info("%s/%s: %s (%s) %s", ns, name, step.phase, step.reason, step.message)

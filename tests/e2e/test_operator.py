@@ -57,6 +57,9 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models, mlflow_s
     assert st["holdout"]["sha256"] == digest and st["holdout"]["rows"] == st["holdout"]["rowsUsed"] == rows
     assert st["holdout"]["bytes"] == len(models.holdout_csv.encode()) and len(st["holdout"]["schemaSha256"]) == 64
     assert st["decision"]["result"] == "Promoted"
+    wide = scenario.cluster.kubectl("-n", scenario.ns, "get", "modelrollouts", "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "PHASE", "WEIGHT", "FAILING", "REASON", "AGE", "CANDIDATE", "DECIDED"], wide
+    assert next(r for r in wide if r.startswith("good ")).split()[1:5] == ["Promoted", "100", "none", "Promoted"], wide
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["observedGeneration"] == 1
     assert st["previousTemplate"] == before
@@ -138,6 +141,9 @@ def test_bad_candidates_are_rolled_back_with_the_gate_named(scenario: Scenario, 
         st = own[kind].wait_phase(kind, {"Promoted", "RolledBack", "Failed"}, timeout=300)
         assert st["phase"] == "RolledBack", (kind, st.get("message"))
         assert st["reason"] == "GatesFailed" and reason_words in st["message"], (kind, st["message"])
+        gate = BAD[kind][0]
+        bound = next(b for b in ("min", "max", "maxDrop") if b in gate)
+        assert st["failing"] == f"{gate['metric']} {bound} {gate[bound]}" and st["weight"] == 0, (kind, st["failing"])
         assert st["decision"]["result"] == "RolledBack"
         assert own[kind].template() == before[kind]
         assert own[kind].staging_objects(kind) == []

@@ -53,3 +53,17 @@ def test_an_ended_rollout_gets_the_condition_when_mlflow_answers_late_and_only_o
     kube.rollouts["ml", "r"]["status"]["conditions"] = "sentinel"  # type: ignore[assignment]
     asyncio.run(w.sync_tracked(meta, {**st, "conditions": got}, 3))
     assert kube.rollouts["ml", "r"]["status"]["conditions"] == "sentinel"  # nothing new: no write
+
+
+def test_the_weight_and_failing_columns() -> None:
+    from modelrollout.status import failing, weight
+
+    gates = [{"metric": "f1", "bound": "min", "threshold": 0.9, "verdict": "Pass"},
+             {"metric": "latency_p99_ms", "bound": "max", "threshold": 15.0, "verdict": "Fail", "dryRun": True},
+             {"metric": "replicas_fit", "bound": "min", "threshold": 40.0, "verdict": "Inconclusive"}]
+    assert failing({"gates": gates}) == "replicas_fit min 40"  # a dry run never blocks
+    assert failing({"gates": gates[:1]}) == "none"
+    canary = {"steps": [{"step": 2, "measurements": [{"gate": "errors", "verdict": "Fail"}]}], "weight": 50}
+    assert failing({"gates": gates[:1], "canary": canary}) == "errors at canary step 2"
+    assert (weight("Canary", {"canary": canary}), weight("Promoted", {}), weight("RolledBack", {"canary": canary})) \
+        == (50, 100, 0)
