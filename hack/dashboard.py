@@ -39,26 +39,45 @@ def queries() -> dict[str, list[str]]:
     return {p["title"]: [t["expr"] for t in p["targets"]] for p in json.loads(render())["panels"] if p.get("targets")}
 
 
-PANELS: list[tuple[str, str, list[prometheus.Dataquery]]] = [
-    ("Phase per rollout", "state", [q(f"max by (namespace, rollout, phase) (modelrollout_rollout_phase{{{SEL}}}) == 1",
-                                      "{{namespace}}/{{rollout}}: {{phase}}")]),
-    ("Decisions over time", "timeseries", [q('sum by (result) (increase(modelrollout_decisions_total'
-                                             '{namespace=~"$namespace"}[1h]))', "{{result}}")]),
-    ("Gate verdicts", "table", [q(f"modelrollout_gate_passed{{{SEL}}}", "{{rollout}} gate {{gate}} {{metric}}"),
-                                q(f"modelrollout_gate_value{{{SEL}}}", "value"),
-                                q(f"modelrollout_gate_threshold{{{SEL}}}", "threshold")]),
-    ("Latency percentiles (seconds)", "timeseries", [
+#: the figures' Grafana units: quality scores are ratios in [0, 1]
+UNITS = {"f1": "percentunit", "accuracy": "percentunit", "roc_auc": "percentunit", "rmse": "short",
+         "latency_p99_seconds": "s", "throughput_requests_per_second": "reqps", "memory_peak_bytes": "bytes",
+         "replicas_fit": "none"}
+
+
+def instant(expr: str, ref: str) -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).instant().format(PromQueryFormat.TABLE).ref_id(ref)
+
+
+#: (title, kind, unit, queries); a table's instant queries are joined into one frame on their labels
+PANELS: list[tuple[str, str, str, list[prometheus.Dataquery]]] = [
+    ("Phase per rollout", "state", "none", [q(
+        f"max by (namespace, rollout, phase) (modelrollout_rollout_phase{{{SEL}}}) == 1",
+        "{{namespace}}/{{rollout}}: {{phase}}")]),
+    ("Decisions over time", "timeseries", "short", [q('sum by (result) (increase(modelrollout_decisions_total'
+                                                      '{namespace=~"$namespace"}[1h]))', "{{result}}")]),
+    ("Gate verdicts", "table", "none", [instant(f"modelrollout_gate_{ref}{{{SEL}}}", ref)
+                                        for ref in ("passed", "value", "threshold")]),
+    ("Latency percentiles", "timeseries", "s", [
         q(f"modelrollout_latency_{p}_seconds{{{SEL}}}", "{{rollout}} {{variant}} " + p)
         for p in ("p50", "p90", "p99", "p999")]),
-    ("Canary live gates: value per step and variant", "timeseries", [
+    ("Canary live gates: value per step and variant", "timeseries", "short", [
         q(f"modelrollout_canary_gate_value{{{SEL}}}", "{{rollout}} {{gate}} step {{step}} {{variant}}"),
         q(f"modelrollout_canary_gate_threshold{{{SEL}}}", "{{rollout}} {{gate}} {{bound}}")]),
-    ("Canary measurements by verdict", "table", [
-        q(f"modelrollout_canary_gate_measurements{{{SEL}}}", "{{rollout}} {{gate}} step {{step}} {{verdict}}")]),
-    ("Replicas that fit", "stat", [q(f"modelrollout_replicas_fit{{{SEL}}}", "{{rollout}} {{variant}}")]),
-    *[(f"Candidate vs baseline: {f}", "timeseries", [q(f"modelrollout_{f}{{{SEL}}}", "{{rollout}} {{variant}}")])
-      for f in FIGURES],
+    ("Canary measurements by verdict", "table", "none", [
+        instant(f"modelrollout_canary_gate_measurements{{{SEL}}}", "measurements")]),
+    ("Replicas that fit", "stat", "none", [q(f"modelrollout_replicas_fit{{{SEL}}}", "{{rollout}} {{variant}}")]),
+    *[(f"Candidate vs baseline: {f}", "timeseries", UNITS[f], [q(f"modelrollout_{f}{{{SEL}}}",
+                                                                "{{rollout}} {{variant}}")]) for f in FIGURES],
 ]
+
+
+def joined(refs: list[str]) -> list[DataTransformerConfig]:
+    """One table from several instant queries: rows joined on their labels, a column per query."""
+    return [DataTransformerConfig(id_val="merge", options={}),
+            DataTransformerConfig(id_val="organize", options={
+                "excludeByName": {"Time": True, "__name__": True},
+                "renameByName": {f"Value #{r}": r for r in refs}})]
 
 
 # --- the load sweep: batch size x concurrency, one point per cell and variant (at the last evaluation) ----
@@ -125,7 +144,10 @@ def slo_panels() -> list[barchart.Panel | stat.Panel]:
              .with_target(q(f"modelrollout_slo_batch_size{{{SEL}}}", "{{rollout}} {{variant}} batch size"))
              .with_target(q(f"modelrollout_slo_offered_requests_per_second{{{SEL}}}",
                             "{{rollout}} {{variant}} requests/s offered"))
-             .with_target(q(f"modelrollout_latency_slo_seconds{{{SEL}}}", "{{rollout}} SLO (p99, s)")))
+             .with_target(q(f"modelrollout_latency_slo_seconds{{{SEL}}}", "{{rollout}} SLO (p99)"))
+             .unit("none")
+             .override_by_regexp(".*requests/s offered", [DynamicConfigValue(id_val="unit", value="reqps")])
+             .override_by_regexp(r".*SLO \(p99\)", [DynamicConfigValue(id_val="unit", value="s")]))
     return [curve, where]
 
 
@@ -140,10 +162,13 @@ def build() -> dashboard.Dashboard:
                         .multi(True).include_all(True)))
     kinds: dict[str, type[statetimeline.Panel | timeseries.Panel | table.Panel | stat.Panel]] = {
         "state": statetimeline.Panel, "timeseries": timeseries.Panel, "table": table.Panel, "stat": stat.Panel}
-    for title, kind, targets in PANELS:
-        p = kinds[kind]().title(title).datasource(DS).height(8).span(12)
+    for title, kind, unit, targets in PANELS:
+        p = kinds[kind]().title(title).datasource(DS).height(8).span(12).unit(unit)
         for t in targets:
             p = p.with_target(t)
+        if kind == "table":
+            for tr in joined([str(t.build().ref_id) for t in targets]):
+                p = p.with_transformation(tr)
         d = d.with_panel(p)
     d = d.with_row(dashboard.Row("Load sweep: batch size x concurrency"))
     for sp in sweep_panels():

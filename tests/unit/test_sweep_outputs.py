@@ -266,3 +266,18 @@ def test_status_keeps_where_the_slo_figure_was_found_and_kubectl_prints_it(capsy
     out = capsys.readouterr().out
     assert ("throughput at the 50 ms p99 SLO (open loop): candidate 800 rows/s at batch 8 (100 requests/s, "
             "~1 in flight; mean of 2 searches)") in out
+
+
+def test_every_dashboard_panel_states_its_unit_and_tables_are_one_joined_frame() -> None:
+    d = json.loads((ROOT / "charts" / "modelrollout" / "files" / "dashboard.json").read_text())
+    panels = [p for p in d["panels"] if p["type"] != "row"]
+    for p in panels:
+        defaults = p.get("fieldConfig", {}).get("defaults", {})
+        assert defaults.get("unit") or p["fieldConfig"].get("overrides"), p["title"]
+    units = {p["title"]: p["fieldConfig"]["defaults"].get("unit") for p in panels}
+    assert (units["Latency percentiles"], units["Candidate vs baseline: memory_peak_bytes"],
+            units["Candidate vs baseline: f1"]) == ("s", "bytes", "percentunit")
+    gates = next(p for p in panels if p["title"] == "Gate verdicts")
+    assert [t["refId"] for t in gates["targets"]] == ["passed", "value", "threshold"]
+    assert all(t["instant"] and t["format"] == "table" for t in gates["targets"])
+    assert [t["id"] for t in gates["transformations"]] == ["merge", "organize"]
