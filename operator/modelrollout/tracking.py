@@ -161,12 +161,13 @@ def track(uri: str, experiment: str, rep: Report, *, run_name: str, params: Mapp
 
 
 def track_report(uri: str, experiment: str, rep: Report, *, run_name: str, params: Mapping[str, str],
-                 tags: Mapping[str, str] | None = None, plots: Mapping[str, str] | None = None) -> Tracked:
-    """track() with the report's JSON, Markdown and HTML as the run's artifacts."""
+                 tags: Mapping[str, str] | None = None, plots: Mapping[str, str] | None = None,
+                 about: dict[str, str] | None = None) -> Tracked:
+    """track() with the report's JSON, Markdown and HTML (with its plots) as the run's artifacts."""
     from modelrollout.cli.report_files import write_report_dir
 
     with tempfile.TemporaryDirectory(prefix="modelrollout-run-") as tmp:
-        write_report_dir(rep, Path(tmp), dict(plots or {}))
+        write_report_dir(rep, Path(tmp), dict(plots or {}), about)
         return track(uri, experiment, rep, run_name=run_name, params=params, tags=tags, files=Path(tmp))
 
 

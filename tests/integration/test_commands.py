@@ -55,7 +55,8 @@ def test_demo_promotes_and_writes_the_report_folder(tmp_path: Path) -> None:
     assert [(s["batch_size"], s["concurrency"]) for s in rep["details"]["candidate"]["sweep"]] == cells
     assert [(c["batchSize"], c["concurrency"]) for c in rep["sweep"]["cells"]] == cells
     assert "32 x 16" in out.stdout and "32 x 16" in (tmp_path / "r" / "report.md").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "Decision" in page
+    assert page.count("data:image/png;base64,") == 4 and "Decision" in page and "<h2>Confusion matrices</h2>" in page
+    assert "<h2>By size_band (candidate / baseline)</h2>" in page and "logistic regression" in page
     text = metrics.read_text()
     assert 'modelrollout_f1{namespace="default",rollout="demo",variant="candidate"}' in text
     assert "modelrollout_latency_p99_seconds" in text and "modelrollout_gate_passed" in text
@@ -90,8 +91,15 @@ def test_evaluate_running_servers(tmp_path: Path, trained: Trained, start_server
                                         # system figures decide on their load windows' intervals
                                         {"metric": "latency_p99_ms", "maxIncreasePercent": 5000, "confidence": 0.9},
                                         {"metric": "throughput_rps", "min": 1, "confidence": 0.9}])
-    out = evaluate(path, cand, base, "--output", str(tmp_path / "r.json"), "--metrics-file", str(tmp_path / "m.prom"))
+    out = evaluate(path, cand, base, "--output", str(tmp_path / "r.json"), "--metrics-file", str(tmp_path / "m.prom"),
+                   "--report-dir", str(tmp_path / "report"))
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    page = (tmp_path / "report" / "index.html").read_text()  # the same renderer as the demo's and the operator's
+    for title in ("ROC and precision-recall curves", "Confusion matrices", "Latency and throughput against batch size",
+                  "Memory over time"):
+        assert f"<h2>{title}</h2><img" in page, title
+    assert "<h2>Provenance</h2>" in page and cand.url in page and "worse than the baseline" in page
+    assert f"report: {tmp_path / 'report' / 'index.html'}" in out.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
     p99 = next(g for g in rep["gates"] if g["metric"] == "latency_p99_ms")
     assert p99["verdict"] == "Pass" and p99["interval"]["level"] == 0.9 and p99["interval"]["resamples"] == 5, p99

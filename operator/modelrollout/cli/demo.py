@@ -122,18 +122,13 @@ def run_demo(args: argparse.Namespace) -> int:
                                             ("baseline", base_url, base_pid, base_at))]
             rep, measured = asyncio.run(evaluate_servers(spec, hold, variants[0], variants[1], this_machine(),
                                                          progress))
-    from modelrollout.cli.report_files import curves_plot, memory_plot, sweep_plot, write_report_dir
+    from modelrollout.cli.report_files import binary_scores, report_plots, write_report_dir
 
-    scores = {k: m.prediction.proba[:, 1] for k, m in measured.items() if m.prediction.proba is not None}
-    plots = {
-        "ROC and precision-recall curves": curves_plot(np.asarray(hold.labels), scores),
-        "Latency and throughput against batch size": sweep_plot(
-            {k: rep.details[k]["sweep"] for k in measured}),
-        "Memory over time": memory_plot({k: rep.details[k]["memoryTimeline"] for k in measured}),
-    }
+    plots = report_plots(rep, *binary_scores(hold.labels, measured, spec.holdout.positive_label))
     rep = tracked(rep, args, target="demo", run_name="demo", spec=doc["spec"], plots=plots,
                   context={"command": "demo", "candidate": "logistic regression", "baseline": "decision tree"})
-    paths = write_report_dir(rep, out, plots)
+    paths = write_report_dir(rep, out, plots, {"candidate": "logistic regression (scikit-learn)",
+                                               "baseline": "decision tree (scikit-learn)"})
     export(rep, meta["name"], meta.get("namespace", "default"), metrics_file=args.metrics_file,
            pushgateway=args.pushgateway)
     print(to_text(rep))

@@ -60,12 +60,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.baseline:
             base = Variant("baseline", endpoint(spec, args.baseline, "baseline"), src := await metrics_source(
                 args.baseline), memory_source="server /metrics" if src else None)
-        rep, _ = await evaluate_servers(spec, hold, cand, base, this_machine(), progress)
+        rep, measured = await evaluate_servers(spec, hold, cand, base, this_machine(), progress)
+        plots: dict[str, str] = {}
+        if args.report_dir or args.mlflow_uri:
+            from modelrollout.cli.report_files import binary_scores, report_plots
+            plots = report_plots(rep, *binary_scores(hold.labels, measured, spec.holdout.positive_label))
+        about = {"candidate": args.candidate, "baseline": args.baseline or "-", "hold-out": str(path)}
         rep = tracked(rep, args, target=spec.target_ref.name, run_name=str(meta["name"]), spec=doc.get("spec"),
                       context={"command": "evaluate", "rollout": str(meta["name"]),
                                "namespace": str(meta.get("namespace", "default")), "candidate": args.candidate,
-                               "baseline": args.baseline or ""})
-        write_outputs(rep, args)
+                               "baseline": args.baseline or ""}, plots=plots)
+        write_outputs(rep, args, plots, about)
         export(rep, meta["name"], meta.get("namespace", "default"), metrics_file=args.metrics_file,
                pushgateway=args.pushgateway)
         return EXIT_PROMOTE if rep.decision.promote else EXIT_REJECT

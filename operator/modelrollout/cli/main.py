@@ -20,6 +20,7 @@ from modelrollout.cli.outputs import (
     EXIT_PROMOTE,
     EXIT_REJECT,
     UsageError,
+    add_report_argument,
     add_tracking_arguments,
     tracked,
     write_outputs,
@@ -62,9 +63,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     rep = build_report(task, gf.gates, cmp, data_quality=hold.summary, holdout=hold.fingerprint)
     spec = gates_doc.get("spec", gates_doc) if isinstance(gates_doc, dict) else None
     target = str(((spec or {}).get("targetRef") or {}).get("name") or "score")
+    plots: dict[str, str] = {}
+    if args.report_dir or args.mlflow_uri:  # the confusion matrices (ROC and PR need the servers' classes)
+        from modelrollout.cli.report_files import report_plots
+        plots = report_plots(rep)
     rep = tracked(rep, args, target=target, run_name=f"score {Path(args.candidate).name}", spec=spec,
-                  context={"command": "score", "candidate": str(args.candidate), "baseline": str(args.baseline or "")})
-    write_outputs(rep, args)
+                  context={"command": "score", "candidate": str(args.candidate), "baseline": str(args.baseline or "")},
+                  plots=plots)
+    write_outputs(rep, args, plots, {"candidate predictions": str(args.candidate),
+                                     "baseline predictions": str(args.baseline or "-"), "hold-out": str(args.holdout)})
     return EXIT_PROMOTE if rep.decision.promote else EXIT_REJECT
 
 
@@ -118,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="write the JSON report here")
     s.add_argument("--markdown", help="write a Markdown report (for a pull-request comment) here")
     add_tracking_arguments(s)
+    add_report_argument(s)
     s.set_defaults(func=cmd_score)
 
     d = sub.add_parser("demo", help="train, serve and gate two models on this machine, no cluster needed")
@@ -138,6 +146,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--metrics-file", help="also write the figures in Prometheus textfile format")
     e.add_argument("--pushgateway", help="also push the figures to this Pushgateway URL")
     add_tracking_arguments(e)
+    add_report_argument(e)
     e.set_defaults(func=cmd_evaluate)
 
     v = sub.add_parser("serve", help="serve a scikit-learn model over the V2 and V1 inference protocols")

@@ -20,12 +20,23 @@ class UsageError(Exception):
     """Bad input from the command line; printed without a traceback, exit 2."""
 
 
-def write_outputs(rep: Report, args: argparse.Namespace) -> None:
+def write_outputs(rep: Report, args: argparse.Namespace, plots: Mapping[str, str] | None = None,
+                  about: dict[str, str] | None = None) -> None:
     print(to_text(rep))
     if getattr(args, "output", None):
         Path(args.output).write_text(json.dumps(to_json(rep), indent=2) + "\n")
     if getattr(args, "markdown", None):
         Path(args.markdown).write_text(to_markdown(rep))
+    if getattr(args, "report_dir", None):
+        from modelrollout.cli.report_files import write_report_dir
+
+        paths = write_report_dir(rep, Path(args.report_dir), dict(plots or {}), about)
+        print(f"report: {paths['html']} (also {paths['json'].name}, {paths['markdown'].name})", file=sys.stderr)
+
+
+def add_report_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-dir", help="also write the report as a folder: index.html with its plots, report.md, "
+                   "report.json")
 
 
 def add_tracking_arguments(p: argparse.ArgumentParser) -> None:

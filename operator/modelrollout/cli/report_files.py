@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from modelrollout.core.report import (
     HEADER,
+    LEGEND,
     SWEEP_HEADER,
     Report,
     notes,
@@ -82,7 +84,106 @@ def memory_plot(timelines: dict[str, list[tuple[float, float]]]) -> str:
     return _png(fig)
 
 
-def write_report_dir(rep: Report, folder: Path, plots: dict[str, str]) -> dict[str, Path]:
+def confusion_plot(matrices: dict[str, list[list[int]]]) -> str:
+    """Each variant's confusion matrix (rows: the true class, columns: the predicted one), counts in the cells."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.5 * len(matrices), 4), squeeze=False)
+    for ax, (label, cm) in zip(axes[0], matrices.items(), strict=True):
+        m = np.asarray(cm)
+        ax.imshow(m, cmap="Blues")
+        for (i, j), n in np.ndenumerate(m):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > m.max() / 2 else "black")
+        ax.set(title=f"{label}: confusion matrix", xlabel="predicted class (index)", ylabel="true class (index)",
+               xticks=range(m.shape[1]), yticks=range(m.shape[0]))
+    return _png(fig)
+
+
+def binary_scores(labels: Any, measured: Mapping[str, Any], positive: Any = None) -> tuple[
+        np.ndarray | None, dict[str, np.ndarray]]:
+    """(y as 0/1, each variant's positive-class probability) for ROC and PR, from the servers' answers;
+    the positive class is `positive`, else the second of the classes the server named (or index 1)."""
+    y: np.ndarray | None = None
+    scores: dict[str, np.ndarray] = {}
+    truth = np.asarray([str(v) for v in labels])
+    for label, m in measured.items():
+        proba = m.prediction.proba
+        if proba is None or proba.ndim != 2 or proba.shape[1] != 2:
+            continue
+        classes = [str(c) for c in (m.classes or [])]
+        pos = str(positive) if positive is not None else (classes[1] if len(classes) == 2 else None)
+        col = classes.index(pos) if pos in classes else 1
+        y = (truth == pos).astype(int) if pos is not None else np.asarray(labels).astype(int)
+        scores[label] = proba[:, col]
+    return (y, scores) if scores else (None, {})
+
+
+def report_plots(rep: Report, y_true: np.ndarray | None = None,
+                 scores: dict[str, np.ndarray] | None = None) -> dict[str, str]:
+    """The plots every entry point draws from a report (and, for ROC and PR, the binary scores it has)."""
+    out: dict[str, str] = {}
+    if rep.task == "binary-classification" and y_true is not None and scores:
+        out["ROC and precision-recall curves"] = curves_plot(y_true, scores)
+    matrices = {label: q.confusion for label, q in (("candidate", rep.candidate_quality),
+                                                    ("baseline", rep.baseline_quality))
+                if q is not None and q.confusion}
+    if matrices:
+        out["Confusion matrices"] = confusion_plot(matrices)
+    sweeps = {v: rep.details[v]["sweep"] for v in ("candidate", "baseline") if (rep.details.get(v) or {}).get("sweep")}
+    if sweeps:
+        out["Latency and throughput against batch size"] = sweep_plot(sweeps)
+    timelines = {v: rep.details[v]["memoryTimeline"] for v in ("candidate", "baseline")
+                 if (rep.details.get(v) or {}).get("memoryTimeline")}
+    if timelines:
+        out["Memory over time"] = memory_plot(timelines)
+    return out
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+            + "</table>")
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return " / ".join("-" if v is None else f"{v:.4g}" for v in (a, b))
+
+
+def slice_tables(rep: Report) -> str:
+    """Per group of each slice column: rows, and each figure for the candidate and the baseline."""
+    out = []
+    base = {s.column: s for s in (rep.baseline_quality.slices if rep.baseline_quality else [])}
+    for s in rep.candidate_quality.slices if rep.candidate_quality else []:
+        figs = sorted({k for g in s.groups.values() for k in g})
+        theirs = base[s.column].groups if s.column in base else {}
+        body = [[g, str(s.sizes.get(g, "")), *(_pair(s.groups[g].get(f), (theirs.get(g) or {}).get(f))
+                                              for f in figs)] for g in s.groups]
+        out.append(f"<h2>By {html.escape(s.column)} (candidate / baseline)</h2>"
+                   + _table(["group", "rows", *figs], body))
+    return "".join(out)
+
+
+def provenance(rep: Report, extra: dict[str, str] | None = None) -> list[list[str]]:
+    """What the figures are of: models, hold-out, gates, versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("modelrollout")
+    except PackageNotFoundError:
+        ours = "unknown"
+    rows_ = [[k, v] for k, v in (extra or {}).items()]
+    h = rep.holdout
+    if h:
+        rows_ += [["hold-out sha256", str(h.get("sha256", ""))],
+                  ["hold-out rows (scored)", f"{h.get('rows', '')} ({h.get('rowsUsed', '')})"],
+                  ["hold-out schema sha256", str(h.get("schemaSha256", ""))]]
+    rows_ += [[f"gate {g.index}", f"{g.metric} {g.bound} {g.threshold:g}{' (dry run)' if g.dry_run else ''}"]
+              for g in rep.gates]
+    rows_ += [["modelrollout", ours], ["python", platform.python_version()]]
+    return rows_
+
+
+def write_report_dir(rep: Report, folder: Path, plots: dict[str, str],
+                     about: dict[str, str] | None = None) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "markdown": folder / "report.md", "html": folder / "index.html"}
     paths["json"].write_text(json.dumps(to_json(rep), indent=2) + "\n")
@@ -106,7 +207,9 @@ td,th{{border:1px solid #ddd;padding:3px 8px;text-align:right}}td:first-child{{t
 .Pass{{color:#080}}.Fail{{color:#b00;font-weight:bold}}.Inconclusive{{color:#b60}}
 .promote{{color:#080}}.reject{{color:#b00}}</style></head><body>
 <h1>Decision: <span class="{verdict}">{html.escape(str(rep.decision.outcome))}</span></h1>
-<p>{html.escape(rep.decision.reason)}</p><table><tr>{head}</tr>{table}</table>{sweep}{imgs}
+<p>{html.escape(rep.decision.reason)}</p><table><tr>{head}</tr>{table}</table>
+<p>{html.escape(LEGEND)}</p>{sweep}{slice_tables(rep)}{imgs}
+<h2>Provenance</h2>{_table(["what", "value"], provenance(rep, about))}
 </body></html>
 """)
     return paths

@@ -27,7 +27,7 @@ from modelrollout.core.report import Report, gate_dict, sweep_status
 from modelrollout.core.slo import status_form
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.core.text import cap
-from modelrollout.evaluation import Variant, evaluate_servers
+from modelrollout.evaluation import Measured, Variant, evaluate_servers
 from modelrollout.holdout import Holdout
 from modelrollout.kube import objects
 from modelrollout.kube.api import Kube, NotFound, pod_requests, run
@@ -128,7 +128,7 @@ class Evaluations:
                     err = await self.load_holdout(body, spec)
                     if err:
                         raise DataError(err[0])
-                report, images = await self._run_evaluation(body, spec, self.holdouts[key])
+                report, images, measured = await self._run_evaluation(body, spec, self.holdouts[key])
                 assert self.writer is not None
                 await self.writer.record(meta, {
                     "candidate": {"metrics": _finite(report.evidence.candidate),
@@ -157,7 +157,7 @@ class Evaluations:
                 })
                 self.metrics.figures.observe(report, name, ns)
                 if self.tracker is not None and self.tracker.on:  # after the record: no decision waits for MLflow
-                    self.tracker.start(body, spec, report, images)
+                    self.tracker.start(body, spec, report, images, (self.holdouts[key].labels, measured))
             except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop
                 expected = isinstance(e, ServerError | DataError | NotFound | RuntimeError | OSError)
                 why = str(e) if expected else f"{type(e).__name__}: {e}"
@@ -173,7 +173,7 @@ class Evaluations:
                 self.metrics.eval_seconds.observe(time.monotonic() - t0)
 
     async def _run_evaluation(self, body: Mapping[str, Any], spec: ModelRolloutSpec,
-                              holdout: Holdout) -> tuple[Report, dict[str, str]]:
+                              holdout: Holdout) -> tuple[Report, dict[str, str], dict[str, Measured]]:
         sns = objects.staging_ns(body, spec)
         headers: tuple[tuple[str, str], ...] = ()
         if spec.serving.auth_secret_ref is not None:
@@ -204,9 +204,9 @@ class Evaluations:
             variants.append(Variant(v, ep, memory, mem, cpu, selector, leak_source=leak, memory_source=where,
                                     time_to_ready_s=time_to_ready(pods), measured_pod=pod))
         nodes = await run(self.kube.nodes)
-        report, _ = await evaluate_servers(spec, holdout, variants[0], variants[1], nodes,
-                                           lambda m: log.info("%s: %s", body["metadata"]["name"], m))
-        return report, images
+        report, measured = await evaluate_servers(spec, holdout, variants[0], variants[1], nodes,
+                                                  lambda m: log.info("%s: %s", body["metadata"]["name"], m))
+        return report, images, dict(measured)
 
     async def _sources(self, ns: str, selector: Mapping[str, str], server: PrometheusSource,
                        replicas: int, pod: MeasuredPod | None) -> tuple[Source, Source, str]:

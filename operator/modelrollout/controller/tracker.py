@@ -29,6 +29,19 @@ log = logging.getLogger("modelrollout")
 TRACKING_TIMEOUT = 120.0  # seconds for one run's metrics and artifacts; the client's retries are bounded too
 
 
+def _plots(report: Report, answers: tuple[Any, Mapping[str, Any]] | None, positive: Any) -> dict[str, str]:
+    """The report's plots; none (said in the log) if drawing fails: the run is worth more than its pictures."""
+    from modelrollout.cli.report_files import binary_scores, report_plots
+
+    try:
+        if answers is None:
+            return report_plots(report)
+        return report_plots(report, *binary_scores(answers[0], answers[1], positive))
+    except Exception as e:
+        log.warning("report plots not drawn: %s: %s", type(e).__name__, e)
+        return {}
+
+
 @dataclass
 class Tracker:
     settings: Settings
@@ -41,13 +54,15 @@ class Tracker:
     def on(self) -> bool:
         return bool(self.settings.mlflow_tracking_uri)
 
-    def start(self, body: Mapping[str, Any], spec: ModelRolloutSpec, report: Report, images: Mapping[str, str]) -> None:
-        """Log the evaluation in the background (the record is already in status)."""
+    def start(self, body: Mapping[str, Any], spec: ModelRolloutSpec, report: Report, images: Mapping[str, str],
+              answers: tuple[Any, Mapping[str, Any]] | None = None) -> None:
+        """Log the evaluation in the background (the record is already in status); `answers`: the hold-out's
+        labels and each variant's measurements, for the report's ROC and PR curves."""
         self.runs[str(body["metadata"]["uid"])] = asyncio.get_running_loop().create_task(
-            self.run(body, spec, report, images))
+            self.run(body, spec, report, images, answers))
 
     async def run(self, body: Mapping[str, Any], spec: ModelRolloutSpec, report: Report,
-                  images: Mapping[str, str]) -> dict[str, str]:
+                  images: Mapping[str, str], answers: tuple[Any, Mapping[str, Any]] | None = None) -> dict[str, str]:
         """Record the evaluation as an MLflow run, then its id (or why not) in status.tracking."""
         meta = body["metadata"]
         ns, name, gen = str(meta["namespace"]), str(meta["name"]), str(meta.get("generation", 1))
@@ -59,10 +74,13 @@ class Tracker:
         assert uri is not None
         record: dict[str, str] = {"experiment": experiment}
         try:
+            plots = await asyncio.to_thread(_plots, report, answers, spec.holdout.positive_label)
             t = await asyncio.wait_for(asyncio.to_thread(
                 track_report, uri, experiment, report, run_name=f"{name} gen {gen}",
                 params=run_params(report, body.get("spec"), context),
-                tags={"modelrollout.namespace": ns, "modelrollout.rollout": name}), TRACKING_TIMEOUT)
+                tags={"modelrollout.namespace": ns, "modelrollout.rollout": name}, plots=plots,
+                about={**{f"{v} image": i for v, i in images.items()}, "rollout": f"{ns}/{name}",
+                       "generation": gen}), TRACKING_TIMEOUT)
             record.update(t.as_status())
         except (TrackingFailed, TimeoutError) as e:
             record.update({"state": "Failed", "message": self._failed(ns, name, "tracking failed", e)})
