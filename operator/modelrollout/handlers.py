@@ -18,6 +18,7 @@ from modelrollout.core.decide import ANNOTATION_RETRY, ANNOTATION_UNDO, TERMINAL
 from modelrollout.core.spec import GROUP, VERSION
 from modelrollout.kube.api import Kube
 from modelrollout.opmetrics import OperatorMetrics
+from modelrollout.status import tracking_behind
 
 RESOURCE = (GROUP, VERSION, "modelrollouts")
 SETTINGS = Settings.from_env()
@@ -56,11 +57,12 @@ async def changed(body: kopf.Body, **_: Any) -> None:
 def _ticking(status: kopf.Status, annotations: kopf.Annotations, **_: Any) -> bool:
     """A decided rollout needs no timer unless one of its annotations asks for something: kopf keeps
     annotations under its own prefix (modelrollout.dev/) out of its diffs, so undo and retry reach the
-    operator through this timer, not as updates (and an undo may wait for the target to come back)."""
+    operator through this timer, not as updates (and an undo may wait for the target to come back). An MLflow
+    answer that came after the decision is a status change, which kopf does not report either."""
     retry = annotations.get(ANNOTATION_RETRY)
     pending = (annotations.get(ANNOTATION_UNDO) == "true" and status.get("phase") == "Promoted") or \
         (retry is not None and retry != status.get("retried"))
-    return pending or str(status.get("phase") or "") not in TERMINAL
+    return pending or str(status.get("phase") or "") not in TERMINAL or tracking_behind(status)
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.interval, backoff=BACKOFF, when=_ticking)

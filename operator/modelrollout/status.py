@@ -72,6 +72,15 @@ def tracked(tracking: Mapping[str, Any] | None, generation: int, old: Mapping[st
             "lastTransitionTime": since, "observedGeneration": generation}
 
 
+def tracking_behind(status: Mapping[str, Any]) -> bool:
+    """Whether MLflow answered after the rollout ended and status does not say so yet (the Tracked
+    condition, the history's run id): an ended rollout then keeps ticking until the reconcile wrote it."""
+    prev = next((c for c in status.get("conditions") or [] if c.get("type") == "Tracked"), None)
+    new = tracked(status.get("tracking"), 0, prev, datetime.now(UTC))
+    stale = new is not None and (prev is None or any(prev.get(k) != new[k] for k in ("status", "reason", "message")))
+    return stale or history.with_run(status.get("history"), status) is not None
+
+
 def conditions(old: list[dict[str, Any]], step: Step, generation: int, t: datetime,
                tracking: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Ready (promoted), Progressing (still moving) and Waiting, by the API conventions; Tracked once

@@ -67,3 +67,18 @@ def test_the_weight_and_failing_columns() -> None:
     assert failing({"gates": gates[:1], "canary": canary}) == "errors at canary step 2"
     assert (weight("Canary", {"canary": canary}), weight("Promoted", {}), weight("RolledBack", {"canary": canary})) \
         == (50, 100, 0)
+
+
+def test_an_ended_rollout_ticks_until_the_late_mlflow_answer_is_in_status() -> None:
+    from modelrollout.status import tracking_behind
+
+    step = Step("none", "Promoted", "Promoted", "every gate passed")
+    before = {"phase": "Promoted", "conditions": conditions([], step, 1, T0)}
+    assert not tracking_behind(before)  # nothing from MLflow (or no MLflow): no reason to tick
+    late = {**before, "tracking": OK, "evaluation": {"generation": 1, "attempt": ""},
+            "history": [{"generation": 1, "attempt": "", "result": "Promoted"}]}
+    assert tracking_behind(late)
+    synced = {**late, "conditions": conditions([], step, 1, T0, OK),
+              "history": [{"generation": 1, "attempt": "", "result": "Promoted", "mlflowRunId": "r1"}]}
+    assert not tracking_behind(synced)
+    assert tracking_behind({**synced, "history": late["history"]})  # the run id alone still missing
