@@ -4,7 +4,8 @@ Figure names carry their unit (`latency_p99_ms`); Prometheus wants base units, s
 exporter converts: `_ms` -> `_seconds`, `_mib` -> `_bytes`, `_percent` -> `_ratio`, `_s` -> `_seconds`,
 `_rps` -> `_requests_per_second` (`_rows_per_second` for the figures counted in predictions: the throughput
 at the SLO and the fleet's). Every figure is `modelrollout_<name>{rollout, namespace, variant}`; gates are
-`modelrollout_gate_{value,threshold,passed}` with the gate's labels. The load
+`modelrollout_gate_{value,threshold,passed}` with the gate's labels (`metric` as the spec names it, `unit` the
+base unit its value and threshold are in: `latency_p99_ms` is in seconds). The load
 sweep is `modelrollout_sweep_<figure>{rollout, namespace, variant, batch_size, concurrency}`, one
 series per cell (at most the spec's 16 batch sizes x 17 concurrencies), and
 `modelrollout_sweep_default_cell{rollout, namespace, batch_size, concurrency}` 1 marks the default cell.
@@ -32,7 +33,7 @@ _UNITS = [(r"_mib_per_10k_requests$", "_bytes_per_10k_requests", 2.0**20), (r"_m
           (r"_mib$", "_bytes", 2.0**20), (r"_percent$", "_ratio", 0.01), (r"_rps$", "_requests_per_second", 1.0),
           (r"_s$", "_seconds", 1.0)]
 FIGURE_LABELS = ["rollout", "namespace", "variant"]
-GATE_LABELS = ["rollout", "namespace", "gate", "metric", "bound", "dry_run"]
+GATE_LABELS = ["rollout", "namespace", "gate", "metric", "bound", "dry_run", "unit"]
 SWEEP_LABELS = ["rollout", "namespace", "variant", "batch_size", "concurrency"]
 #: per-cell gauges of the sweep: name -> (help, the figure in its base unit)
 SWEEP_FIGURES: dict[str, tuple[str, Callable[[CellFigures], float | None]]] = {
@@ -51,6 +52,16 @@ SWEEP_FIGURES: dict[str, tuple[str, Callable[[CellFigures], float | None]]] = {
 
 #: figures in rows (predictions) per second, not requests: the name says so
 ROWS_PER_SECOND = frozenset({"throughput_at_slo_rps", "fleet_throughput_rps", "fleet_throughput_at_slo_rps"})
+
+
+def base_unit(figure: str) -> str:
+    """The unit a figure's series hold (`latency_p99_ms` -> seconds), for the gates' `unit` label: a gate keeps
+    the name the user wrote, its value and threshold are in base units."""
+    name = prom_name(figure)[0]
+    for unit in ("rows_per_second", "requests_per_second", "bytes_per_10k_requests", "seconds", "bytes", "ratio"):
+        if name.endswith("_" + unit) and not figure.endswith("_" + unit):
+            return unit
+    return ""
 
 
 def prom_name(figure: str) -> tuple[str, float]:
@@ -117,7 +128,7 @@ class FigureExporter:
         for r in rep.gates:
             _, scale = prom_name(r.metric)
             percent_bound = r.bound.endswith("Percent")
-            labels = (rollout, namespace, str(r.index), r.metric, r.bound, str(r.dry_run).lower())
+            labels = (rollout, namespace, str(r.index), r.metric, r.bound, str(r.dry_run).lower(), base_unit(r.metric))
             if r.value is not None:
                 self.gate_value.labels(*labels).set(r.value * scale)
             self.gate_threshold.labels(*labels).set(r.threshold * (0.01 if percent_bound else scale))

@@ -281,3 +281,22 @@ def test_every_dashboard_panel_states_its_unit_and_tables_are_one_joined_frame()
     assert [t["refId"] for t in gates["targets"]] == ["passed", "value", "threshold"]
     assert all(t["instant"] and t["format"] == "table" for t in gates["targets"])
     assert [t["id"] for t in gates["transformations"]] == ["merge", "organize"]
+
+
+def test_a_gate_series_says_the_unit_its_value_is_in() -> None:
+    from modelrollout.core.gates import evaluate
+    from modelrollout.core.spec import Gate
+
+    gates = [Gate.model_validate({"metric": "latency_p99_ms", "max": 50}), Gate.model_validate({"metric": "f1",
+                                                                                                "min": 0.8})]
+    ev = Evidence({"latency_p99_ms": 12.5, "f1": 0.9})
+    rep = Report(task="binary-classification", evidence=ev, gates=evaluate(gates, ev),
+                 decision=Decision(Outcome.PROMOTE, "ok"))
+    ex = FigureExporter()
+    ex.observe(rep, "r", "ml")
+    text = generate_latest(ex.registry).decode()
+    assert ('modelrollout_gate_value{bound="max",dry_run="false",gate="0",metric="latency_p99_ms",namespace="ml",'
+            'rollout="r",unit="seconds"} 0.0125') in text
+    assert ('modelrollout_gate_threshold{bound="max",dry_run="false",gate="0",metric="latency_p99_ms",'
+            'namespace="ml",rollout="r",unit="seconds"} 0.05') in text
+    assert 'metric="f1",namespace="ml",rollout="r",unit=""} 0.9' in text
