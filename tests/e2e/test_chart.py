@@ -323,7 +323,7 @@ def test_kubectl_plugin(cluster: Cluster, scenario: Scenario, models: Models) ->
     assert out.returncode == 0 and "plug" in out.stdout and "AwaitingApproval" in out.stdout
     out = subprocess.run([f"{cluster.bindir}/kubectl", "modelrollout", "get", "plug", "-n", scenario.ns],
                          capture_output=True, text=True, env=env, timeout=60)  # -n after the verb, as kubectl takes it
-    assert out.returncode == 0 and re.search(r"^plug\s+AwaitingApproval\s+-\s+-\s+2/2 passed", out.stdout, re.M), out
+    assert out.returncode == 0 and re.search(r"^plug\s+AwaitingApproval\s+-\s+0%\s+2/2 passed", out.stdout, re.M), out
     out = kubectl("status", "plug")
     assert out.returncode == 0, out.stderr
     row = r"^f1\s+0\.9\d+\s+0\.9\d+\s+\+0\.\d+\s+\[0\.\d+, 0\.\d+\]\s+min 0\.9000\s+Pass"
