@@ -151,6 +151,34 @@ def slo_panels() -> list[barchart.Panel | stat.Panel]:
     return [curve, where]
 
 
+def fairness_panels() -> list[table.Panel | barchart.Panel | stat.Panel]:
+    """Clarify's bias measures and the worst groups side by side; per-group bars; the hold-out's own figures."""
+    def matrix(row: str) -> DataTransformerConfig:
+        return DataTransformerConfig(id_val="groupingToMatrix", options={
+            "columnField": "variant", "rowField": row, "valueField": "Value"})
+
+    bias = (table.Panel().title("Bias measures and worst groups, candidate vs baseline")
+            .description("Clarify's measures (bias_*: facet d against facet a, spec.fairness) and each figure's "
+                         "worst slice group (*_worst_group) of the last evaluation. Pick one rollout.")
+            .datasource(DS).height(8).span(12).unit("none")
+            .with_target(instant(f'{{__name__=~"modelrollout_bias_.+|modelrollout_.+_worst_group", {SEL}}}', "bias"))
+            .with_transformation(matrix("__name__")))
+    by_group = (barchart.Panel().title("Figures by slice group, candidate vs baseline")
+                .description("The figures the gates name per group (at most 20 groups per slice column); groups under"
+                             " quality.minGroupRows are shown but not gated. Pick one rollout.")
+                .datasource(DS).height(8).span(12).unit("percentunit").x_field("group")
+                .with_target(instant(f"modelrollout_group_figure{{{SEL}}}", "groups"))
+                .with_transformation(matrix("group")))
+    data = (stat.Panel().title("Hold-out data quality and agreement with production").datasource(DS)
+            .height(8).span(24)
+            .with_target(q(f'{{__name__=~"modelrollout_data_.+", variant="candidate", {SEL}}}',
+                           "{{rollout}} {{__name__}}"))
+            .with_target(q(f'modelrollout_disagreement_ratio{{{SEL}}}', "{{rollout}} disagreement with production"))
+            .unit("none")
+            .override_by_regexp(".*(ratio|disagreement).*", [DynamicConfigValue(id_val="unit", value="percentunit")]))
+    return [bias, by_group, data]
+
+
 def build() -> dashboard.Dashboard:
     d = (dashboard.Dashboard("modelrollout").uid("modelrollout").tags(["mlops", "modelrollout"])
          .refresh("30s").time("now-6h", "now")
@@ -176,6 +204,9 @@ def build() -> dashboard.Dashboard:
     d = d.with_row(dashboard.Row("Throughput at the latency SLO"))
     for slo in slo_panels():
         d = d.with_panel(slo)
+    d = d.with_row(dashboard.Row("Fairness, data quality and agreement with production"))
+    for fp in fairness_panels():
+        d = d.with_panel(fp)
     return d
 
 

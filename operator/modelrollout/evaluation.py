@@ -355,7 +355,8 @@ async def evaluate_servers(
     quality = score_quality(
         spec.task, holdout.labels, Predicted(mc.prediction.labels, mc.prediction.proba, mc.classes),
         Predicted(mb.prediction.labels, mb.prediction.proba, mb.classes) if mb else None, spec.quality,
-        positive_label=spec.holdout.positive_label, n_features=X.shape[1], slices=holdout.slices)
+        positive_label=spec.holdout.positive_label, n_features=X.shape[1], slices=holdout.slices,
+        facet=spec.fairness.as_facet() if spec.fairness else None)
     cand_sys, cand_details = system_figures(mc, candidate, spec, nodes)
     base_sys, base_details = (system_figures(mb, baseline, spec, nodes) if mb and baseline else (None, None))
     report = build_report(spec.task, spec.gates, quality, candidate_system=cand_sys, baseline_system=base_sys,

@@ -26,6 +26,8 @@ from collections.abc import Callable, Collection
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
+from modelrollout.core import groups
+from modelrollout.core.figures import DATA
 from modelrollout.core.report import Report
 from modelrollout.core.sweep import CellFigures, Sweep
 
@@ -68,10 +70,13 @@ def prom_name(figure: str) -> tuple[str, float]:
     """The Prometheus metric name of a figure and the factor to its base unit."""
     if figure in ROWS_PER_SECOND:
         return "modelrollout_" + figure.removesuffix("_rps") + "_rows_per_second", 1.0
+    if figure == "disagreement_rate":  # a share of rows, not per second
+        return "modelrollout_disagreement_ratio", 1.0
+    prefix = "modelrollout_data_" if figure in DATA else "modelrollout_"  # the hold-out's: modelrollout_data_rows
     for pattern, repl, scale in _UNITS:
         if re.search(pattern, figure):
-            return "modelrollout_" + re.sub(pattern, repl, figure), scale
-    return "modelrollout_" + figure, 1.0
+            return prefix + re.sub(pattern, repl, figure), scale
+    return prefix + figure, 1.0
 
 
 class FigureExporter:
@@ -109,6 +114,10 @@ class FigureExporter:
         self.slo_by_batch = Gauge("modelrollout_slo_rows_per_second", "Rows/s at the latency SLO for one batch "
                                   "size (the first search).", [*variant, "batch_size"], registry=self.registry)
 
+        self.group = Gauge("modelrollout_group_figure", "A quality figure of one group of a slice column (the "
+                           "figures gates name per group; at most 20 groups per column).",
+                           ["rollout", "namespace", "variant", "column", "group", "metric"], registry=self.registry)
+
     def _gate(self, name: str, doc: str) -> Gauge:
         return Gauge(f"modelrollout_gate_{name}", doc, GATE_LABELS, registry=self.registry)
 
@@ -138,6 +147,21 @@ class FigureExporter:
         self._observe_sweep(rep.evidence.sweep, rollout, namespace)
         self._observe_holdout(rep, rollout, namespace)
         self._observe_slo(rep, rollout, namespace)
+        self._observe_groups(rep, rollout, namespace)
+
+    def _observe_groups(self, rep: Report, rollout: str, namespace: str) -> None:
+        """Per-group figures, bounded as in status: 20 groups per slice column, the figures gates name per group."""
+        keep = set()
+        for col in groups.status_form(rep.candidate_quality, rep.baseline_quality, rep.task,
+                                      [g.metric for g in rep.gates]):
+            for g in col["groups"]:
+                for variant in ("candidate", "baseline"):
+                    for metric, v in (g[variant] or {}).items():
+                        if v is not None:
+                            labels = (rollout, namespace, variant, col["column"][:63], g["group"], metric)
+                            self.group.labels(*labels).set(v)
+                            keep.add(labels)
+        forget_series([self.group], rollout, namespace, keep=keep)
 
     def _observe_slo(self, rep: Report, rollout: str, namespace: str) -> None:
         kept: dict[int, set[tuple[str, ...]]] = {id(g): set() for g in self._slo_gauges}
@@ -199,7 +223,7 @@ class FigureExporter:
         """Remove every series of a deleted rollout, so dashboards and alerts stop showing it."""
         forget_series([*self._figures.values(), self.gate_value, self.gate_threshold, self.gate_passed,
                        self.gate_inconclusive, self.promote, *self.sweep.values(), self.sweep_default,
-                       self.holdout_info, self.holdout_rows, self.holdout_bytes, *self._slo_gauges],
+                       self.holdout_info, self.holdout_rows, self.holdout_bytes, *self._slo_gauges, self.group],
                       rollout, namespace)
 
 

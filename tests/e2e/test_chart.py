@@ -13,11 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
 from modelrollout.core.engine import SystemFigures, build_report
 from modelrollout.core.figures import figures_for
+from modelrollout.core.quality import compare, encode
 from modelrollout.core.spec import Gate
 from modelrollout.core.sweep import Cell, CellFigures
 from modelrollout.opmetrics import OperatorMetrics
@@ -180,9 +182,13 @@ def exported_names() -> set[str]:
     m = OperatorMetrics(reg)
     everything = {f: 1.0 for t in ("binary-classification", "regression") for f in figures_for(t)}  # type: ignore[arg-type]
     cells = {Cell(1, 1): CellFigures(Cell(1, 1), 10, 1, 1.0, {"p99": 5.0})}  # the load sweep's series
-    rep = build_report("binary-classification", [Gate.model_validate({"metric": "f1", "min": 0})], None,
+    y = np.array([0, 1] * 20)
+    quality = compare(encode("binary-classification", y, y, None), encode("binary-classification", y, 1 - y, None),
+                      resamples=0, slices={"region": ["eu", "us"] * 20}, min_group_rows=1)  # the per-group series
+    rep = build_report("binary-classification", [Gate.model_validate({"metric": "f1", "min": 0})], quality,
                        candidate_system=SystemFigures(everything, {}, cells=cells),
-                       baseline_system=SystemFigures(everything, {}, cells=cells))
+                       baseline_system=SystemFigures(everything, {}, cells=cells),
+                       data_quality={"rows": 40, "columns": 3, "missing": {"a": 0}, "duplicateRows": 0})
     slo = {"sloMs": 50.0, "batchSize": 8, "rateRps": 10.0, "byBatchSize": {"1": 5.0, "8": 80.0}}  # where it was found
     rep = replace(rep, details={**rep.details, "candidate": {**(rep.details.get("candidate") or {}), "sloSearch": slo}})
     m.figures.observe(rep, "r", "ns")
@@ -206,7 +212,10 @@ def test_every_dashboard_query_parses_and_names_an_exported_metric(prometheus: P
         url = prometheus.url + "/api/v1/query?" + urllib.parse.urlencode({"query": concrete})
         with urllib.request.urlopen(url) as r:
             assert json.loads(r.read())["status"] == "success", expr
-        for metric in re.findall(r"\b(modelrollout_\w+)", expr):
+        for pattern in re.findall(r'__name__=~"([^"]+)"', expr):  # a family of series: each alternative exported
+            for alt in pattern.split("|"):
+                assert any(re.fullmatch(alt, n) for n in names), f"no exported metric matches {alt} (in {expr})"
+        for metric in re.findall(r"\b(modelrollout_\w+)", re.sub(r'__name__=~"[^"]+"', "", expr)):
             assert metric in names, f"{metric} (in {expr}) is not exported by the operator"
 
 

@@ -93,6 +93,9 @@ BAD = [
     ("spec.load.concurrencies", [8], "concurrencies repeats load.concurrency"),
     ("spec.load.batchSizes", [1, 1], "spec.load.batchSizes[1]: Duplicate value: 1"),
     ("spec.colour", "blue", "unknown field \"spec.colour\""),
+    # gates the spec can never compute (as the parser: core/gatefit.py)
+    ("spec.gates.0", {"metric": "bias_di", "min": 0.8}, "a bias_ measure is between two facets"),
+    ("spec.fairness", {"facet": "age", "disadvantaged": ["60+"]}, "fairness.facet must be one of holdout.sliceColumns"),
 ]
 
 
@@ -113,6 +116,16 @@ def test_api_server_rejects_bad_manifest_naming_the_field(api: client.CustomObje
     assert message in err, err
 
 
+def test_a_group_gate_without_groups_is_refused_by_both(api: client.CustomObjectsApi) -> None:
+    body = with_("spec.gates.0", {"metric": "f1_worst_group", "min": 0.5})
+    assert create(api, body) is None
+    del body["spec"]["holdout"]["sliceColumns"]
+    err = create(api, body)
+    assert err is not None and "a _slice_gap or _worst_group figure is of groups" in err, err
+    with pytest.raises(SpecError, match=r"spec.gates\[0\].metric: f1_worst_group is a figure of groups"):
+        parse_spec(body["spec"])
+
+
 def test_the_example_is_accepted(api: client.CustomObjectsApi) -> None:
     assert create(api, good()) is None
 
@@ -126,6 +139,7 @@ def test_the_api_server_and_the_engine_agree_on_every_metric(api: client.CustomO
         body["spec"]["task"] = task
         body["spec"]["gates"] = [{"metric": metric, "max": 1e9}]
         body["spec"].setdefault("load", {})["latencySLO"] = "100ms"  # the SLO figures need a search
+        body["spec"]["fairness"] = {"facet": body["spec"]["holdout"]["sliceColumns"][0], "disadvantaged": ["x"]}
         accepted = create(api, body) is None
         assert accepted == (metric in allowed), (task, metric)
     assert set(SYSTEM) <= allowed
@@ -150,11 +164,16 @@ def test_operator_only_checks_end_in_a_failed_condition(scenario: Scenario, mode
                          "HoldoutNotFound", "ConfigMap"),
         "no-label": ({"holdout": {"configMapRef": {"name": "holdout", "key": "holdout.csv"}, "labelColumn": "churned"}},
                      "HoldoutInvalid", "label column 'churned' not found"),
+        # a data gate that fails on the hold-out alone: refused before a server starts (the minority share
+        # can never exceed one half)
+        "bad-data": ({"gates": [{"metric": "f1", "min": 0.5}, {"metric": "label_balance", "min": 0.6}]},
+                     "HoldoutQuality", "gate 1 failed: label_balance"),
     }
     before = scenario.template()
     for name, (overrides, _, _) in cases.items():
-        scenario.rollout(name, "http://127.0.0.1:9", "http://127.0.0.1:9", [{"metric": "f1", "min": 0.5}],
-                         **overrides)
+        extra = {k: v for k, v in overrides.items() if k != "gates"}
+        scenario.rollout(name, "http://127.0.0.1:9", "http://127.0.0.1:9",
+                         overrides.get("gates", [{"metric": "f1", "min": 0.5}]), **extra)
     for name, (_, reason, words) in cases.items():
         st = scenario.wait_phase(name, {"Failed", "Staging", "Evaluating", "RolledBack", "Promoted"}, timeout=60)
         assert st["phase"] == "Failed" and st["reason"] == reason, (name, st.get("message"))

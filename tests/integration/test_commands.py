@@ -55,7 +55,8 @@ def test_demo_promotes_and_writes_the_report_folder(tmp_path: Path) -> None:
     assert [(s["batch_size"], s["concurrency"]) for s in rep["details"]["candidate"]["sweep"]] == cells
     assert [(c["batchSize"], c["concurrency"]) for c in rep["sweep"]["cells"]] == cells
     assert "32 x 16" in out.stdout and "32 x 16" in (tmp_path / "r" / "report.md").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "Decision" in page and "<h2>Confusion matrices</h2>" in page
+    assert page.count("data:image/png;base64,") == 5 and "Decision" in page and "<h2>Confusion matrices</h2>" in page
+    assert "<h2>By group</h2>" in page
     assert "<h2>By size_band (candidate / baseline)</h2>" in page and "logistic regression" in page
     text = metrics.read_text()
     assert 'modelrollout_f1{namespace="default",rollout="demo",variant="candidate"}' in text

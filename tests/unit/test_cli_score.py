@@ -59,6 +59,27 @@ def test_example_promotes_and_writes_reports(tmp_path: Path) -> None:
     assert {g["verdict"] for g in rep["gates"]} == {"Pass"}
     assert rep["dataQuality"]["rows"] == len(y)
     assert "| f1 |" in (tmp_path / "r.md").read_text()
+    # the facet figures: per group, the worst group, Clarify's measures of both models, agreement with production
+    fig = {f["name"]: f for f in rep["figures"]}
+    region = pd.read_csv(EX / "holdout.csv")["region"]
+    b = pd.read_csv(EX / "baseline.csv")["prediction"]
+    recall = {g: float(((p == 1) & (y == 1))[region == g].sum() / (y == 1)[region == g].sum()) for g in set(region)}
+    assert fig["recall_worst_group"]["candidate"] == pytest.approx(min(recall.values()))
+    assert rep["candidate"]["slices"][0]["worst"]["recall"] == min(recall, key=lambda g: recall[g])
+    q = {g: float((p[region == g] == 1).mean()) for g in ("apac",)} | {"rest": float((p[region != "apac"] == 1).mean())}
+    assert fig["bias_di"]["candidate"] == pytest.approx(q["apac"] / q["rest"])
+    assert fig["bias_di"]["baseline"] is not None and fig["bias_di"]["deltaInterval"] is not None
+    assert fig["disagreement_rate"]["candidate"] == pytest.approx(float((p != b).mean()))
+    assert fig["missing_percent"]["candidate"] == 0 and fig["label_balance"]["candidate"] == pytest.approx(
+        min(y.mean(), 1 - y.mean()))
+    assert "**by region (candidate / baseline)**" in (tmp_path / "r.md").read_text()
+
+
+def test_a_group_gate_needs_a_slice_column(tmp_path: Path) -> None:
+    (tmp_path / "g.yaml").write_text("task: binary-classification\ngates: [{metric: f1_worst_group, min: 0.5}]\n")
+    out = run(*[a for a in BASE if a not in ("--slice-column", "region")], "--gates", str(tmp_path / "g.yaml"))
+    assert out.returncode == 2 and "gates[0].metric: f1_worst_group is a figure of groups" in out.stderr, out.stderr
+    assert "--slice-column" in out.stderr
 
 
 def test_failing_gate_exits_1_and_names_it(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from modelrollout.cli.outputs import (
     write_outputs,
 )
 from modelrollout.core.engine import Predicted, build_report, score_quality
+from modelrollout.core.gatefit import fit_problems
 from modelrollout.core.quality import DataError
 from modelrollout.core.spec import SpecError, parse_gates_file
 from modelrollout.core.text import cap
@@ -49,6 +50,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     task = args.task or gf.task
     if task is None:
         raise UsageError("the task is needed: give --task or put `task:` in the gates file")
+    unfit = fit_problems([g.metric for g in gf.gates], args.slice_column or [], gf.fairness, "--slice-column")
+    if unfit:
+        raise SpecError(unfit)
     df = read_table(args.holdout)
     hold = prepare(df, task=task, label_column=args.label_column, slice_columns=args.slice_column or [],
                    feature_columns=args.feature_column,
@@ -59,6 +63,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         task, hold.labels, Predicted(cand.labels, cand.scores, cand.classes),
         Predicted(base.labels, base.scores, base.classes) if base else None, gf.quality,
         positive_label=args.positive_label, n_features=hold.features.shape[1], slices=hold.slices,
+        facet=gf.fairness.as_facet() if gf.fairness else None,
     )
     rep = build_report(task, gf.gates, cmp, data_quality=hold.summary, holdout=hold.fingerprint)
     spec = gates_doc.get("spec", gates_doc) if isinstance(gates_doc, dict) else None

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from modelrollout.core import groups
 from modelrollout.core.report import (
     HEADER,
     LEGEND,
@@ -134,6 +135,9 @@ def report_plots(rep: Report, y_true: np.ndarray | None = None,
                  if (rep.details.get(v) or {}).get("memoryTimeline")}
     if timelines:
         out["Memory over time"] = memory_plot(timelines)
+    by_group = groups_plot(rep)
+    if by_group:
+        out["By group"] = by_group
     return out
 
 
@@ -148,17 +152,32 @@ def _pair(a: float | None, b: float | None) -> str:
 
 
 def slice_tables(rep: Report) -> str:
-    """Per group of each slice column: rows, and each figure for the candidate and the baseline."""
-    out = []
+    """Per group of each slice column: rows, and the figures the gates name per group, both models."""
+    return "".join(f"<h2>{html.escape(title[:1].upper() + title[1:])}</h2>" + _table(header, body)
+                   for title, header, body in groups.tables(rep.task, rep.candidate_quality, rep.baseline_quality,
+                                                            [g.metric for g in rep.gates]))
+
+
+def groups_plot(rep: Report) -> str | None:
+    """One bar per group of each slice column for the first shown figure, the candidate beside the baseline."""
+    cand = rep.candidate_quality
+    if cand is None or not cand.slices:
+        return None
+    metric = groups.shown_metrics(rep.task, [g.metric for g in rep.gates])[0]
     base = {s.column: s for s in (rep.baseline_quality.slices if rep.baseline_quality else [])}
-    for s in rep.candidate_quality.slices if rep.candidate_quality else []:
-        figs = sorted({k for g in s.groups.values() for k in g})
-        theirs = base[s.column].groups if s.column in base else {}
-        body = [[g, str(s.sizes.get(g, "")), *(_pair(s.groups[g].get(f), (theirs.get(g) or {}).get(f))
-                                              for f in figs)] for g in s.groups]
-        out.append(f"<h2>By {html.escape(s.column)} (candidate / baseline)</h2>"
-                   + _table(["group", "rows", *figs], body))
-    return "".join(out)
+    fig, axes = plt.subplots(1, len(cand.slices[:4]), figsize=(4.5 * len(cand.slices[:4]), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], cand.slices[:4], strict=False):
+        names = list(s.groups)[:20]
+        x = np.arange(len(names))
+        variants = [("candidate", s)] + ([("baseline", base[s.column])] if s.column in base else [])
+        width = 0.8 / len(variants)
+        for i, (who, sl) in enumerate(variants):
+            vals = [(sl.groups.get(g) or {}).get(metric, np.nan) for g in names]
+            ax.bar(x + i * width, vals, width, label=who, color=COLORS[who])
+        ax.set_xticks(x + width * (len(variants) - 1) / 2, [n[:12] for n in names], rotation=30, ha="right")
+        ax.set_title(f"{metric} by {s.column[:30]}")
+        ax.legend(fontsize=8)
+    return _png(fig)
 
 
 def provenance(rep: Report, extra: dict[str, str] | None = None) -> list[list[str]]:

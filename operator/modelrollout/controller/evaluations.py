@@ -20,6 +20,8 @@ import aiohttp
 from modelrollout import holdout_source
 from modelrollout.controller.settings import Settings
 from modelrollout.controller.tracker import Tracker
+from modelrollout.core import groups
+from modelrollout.core.dataquality import data_gate_failures, data_status
 from modelrollout.core.decide import ANNOTATION_RETRY
 from modelrollout.core.pods import MeasuredPod, PodProblems, measured_pod, pod_problems, time_to_ready
 from modelrollout.core.quality import DataError
@@ -102,7 +104,13 @@ class Evaluations:
             data, name = await holdout_source.fetch(spec.holdout, ns, self.reach, config_map=config_map,
                                                     secret=secret)
             fetched = spec.holdout.url is not None or spec.holdout.s3 is not None  # the tenant may not read it
-            self.holdouts[key] = await holdout_source.load(data, name, spec, self.reach, echo_columns=not fetched)
+            loaded = await holdout_source.load(data, name, spec, self.reach, echo_columns=not fetched)
+            if spec.fairness is not None:  # a facet with no rows on one side is refused before staging
+                spec.fairness.as_facet().codes(loaded.slices[spec.fairness.facet])
+            failed = data_gate_failures(spec.gates, loaded.summary)
+            if failed is not None:
+                return cap(failed, 600), "HoldoutQuality"
+            self.holdouts[key] = loaded
         except holdout_source.HoldoutError as e:
             return f"hold-out: {e}", e.reason
         except DataError as e:
@@ -154,6 +162,9 @@ class Evaluations:
                     "sweep": sweep_status(report.evidence.sweep) if report.evidence.sweep else None,
                     "sloSearch": _slo_status(report),
                     "holdout": {k: v for k, v in report.holdout.items() if k in HOLDOUT_STATUS} or None,
+                    "groups": groups.status_form(report.candidate_quality, report.baseline_quality, spec.task,
+                                                 [g.metric for g in spec.gates]) or None,
+                    "dataQuality": data_status(report.data_quality),
                 })
                 self.metrics.figures.observe(report, name, ns)
                 if self.tracker is not None and self.tracker.on:  # after the record: no decision waits for MLflow

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from modelrollout.core.dataquality import data_figures
+from modelrollout.core.fairness import Facet
 from modelrollout.core.figures import Task
 from modelrollout.core.gates import Evidence, decide, evaluate
 from modelrollout.core.quality import Comparison, Interval, compare, encode
@@ -40,7 +42,7 @@ class SystemFigures:
 def score_quality(
     task: Task, labels: np.ndarray, candidate: Predicted, baseline: Predicted | None,
     settings: QualitySettings, *, positive_label: Any = None, n_features: int | None = None,
-    slices: Mapping[str, Sequence[Any]] | None = None,
+    slices: Mapping[str, Sequence[Any]] | None = None, facet: Facet | None = None,
 ) -> Comparison:
     classes = candidate.classes or (baseline.classes if baseline else None)
     enc = {"classes": classes, "positive_label": positive_label, "n_features": n_features}
@@ -48,7 +50,7 @@ def score_quality(
     base = (encode(task, labels, baseline.labels, baseline.scores, who="baseline predictions", **enc)
             if baseline is not None else None)
     return compare(cand, base, level=settings.confidence, resamples=settings.resamples, seed=settings.seed,
-                   slices=slices)
+                   slices=slices, min_group_rows=settings.min_group_rows, facet=facet)
 
 
 def build_report(
@@ -77,6 +79,11 @@ def build_report(
             base = dict(quality.baseline.metrics)
             for k, v in quality.baseline.undefined.items():
                 why.setdefault(k, f"the baseline's {v}")
+    data = data_figures(data_quality or {})  # the same rows for both models
+    cand.update(data)
+    samples.update({k: int(data.get("rows", 0)) for k in data})
+    if base is not None:
+        base.update(data)
     if candidate_system is not None:
         cand.update(candidate_system.values)
         samples.update(candidate_system.samples)

@@ -54,18 +54,52 @@ _LOWER_IS_BETTER: Final = frozenset({
 })
 
 SLICE_GAP_SUFFIX: Final = "_slice_gap"
+WORST_GROUP_SUFFIX: Final = "_worst_group"
+
+#: Clarify's post-training bias measures (binary tasks; facet d against facet a), named bias_<clarify name>:
+#: a figure of each model, so paired against production like any other (core/fairness.py)
+BIAS_POST: Final[tuple[str, ...]] = tuple(
+    "bias_" + n for n in ("dppl", "di", "dca", "dcr", "rd", "sd", "dar", "drr", "ad", "te"))
+#: Clarify's pre-training measures of the hold-out's labels: a property of the data, the same for both models
+BIAS_PRE: Final[tuple[str, ...]] = tuple("bias_" + n for n in ("ci", "dpl", "kl", "js", "lp", "tvd", "ks"))
+#: figures of the hold-out itself (core/dataquality.py): known before anything is staged
+DATA: Final[tuple[str, ...]] = ("rows", "missing_percent", "worst_column_missing_percent", "duplicate_rows",
+                                "duplicate_percent", "label_balance")
+#: the candidate against production on the same rows (core/agreement.py): need a baseline
+AGREEMENT: Final[tuple[str, ...]] = ("disagreement_rate", "mean_abs_score_diff", "max_abs_score_diff")
+#: figures that are the same for both models: a bound relative to the baseline means nothing
+DATA_ONLY: Final = frozenset(DATA + BIAS_PRE)
 
 
 def figures_for(task: Task) -> tuple[str, ...]:
     """Every figure name a gate may use for this task."""
     quality = QUALITY[task]
-    return quality + tuple(m + SLICE_GAP_SUFFIX for m in quality) + SYSTEM
+    groups = tuple(m + s for s in (SLICE_GAP_SUFFIX, WORST_GROUP_SUFFIX) for m in quality)
+    bias = BIAS_POST + BIAS_PRE if task == "binary-classification" else ()
+    data = DATA if task != "regression" else tuple(d for d in DATA if d != "label_balance")
+    return quality + groups + SYSTEM + bias + data + AGREEMENT
+
+
+def base_metric(metric: str) -> str:
+    """The quality figure a group figure is of: f1 for f1_worst_group and f1_slice_gap."""
+    for s in (SLICE_GAP_SUFFIX, WORST_GROUP_SUFFIX):
+        if metric.endswith(s):
+            return metric[: -len(s)]
+    return metric
 
 
 def higher_is_better(metric: str) -> bool:
+    if metric.endswith(WORST_GROUP_SUFFIX):
+        return higher_is_better(base_metric(metric))
     return not (
         metric in _LOWER_IS_BETTER or metric.startswith("latency_") or metric.endswith(SLICE_GAP_SUFFIX)
+        or metric in AGREEMENT or (metric in DATA and metric not in ("rows", "label_balance"))
     )
+
+
+def directional(metric: str) -> bool:
+    """Whether a change has a better and a worse side: a bias measure is best at its fair value, not at an end."""
+    return not metric.startswith("bias_")
 
 
 def task_for_metric(metric: str) -> list[Task]:

@@ -15,7 +15,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from modelrollout.core.figures import higher_is_better
+from modelrollout.core.figures import directional, higher_is_better
 from modelrollout.core.quality import FloatArray, Interval, percentile_interval
 from modelrollout.core.spec import Gate
 from modelrollout.core.sweep import Cell, Sweep
@@ -308,4 +308,6 @@ def decide(results: Iterable[GateResult]) -> Decision:
 
 def worse(metric: str, delta: float) -> bool:
     """Whether a candidate-minus-baseline change is for the worse, for display."""
+    if not directional(metric):
+        return False
     return delta < 0 if higher_is_better(metric) else delta > 0

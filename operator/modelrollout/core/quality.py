@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from modelrollout.core.figures import SLICE_GAP_SUFFIX
+from modelrollout.core.agreement import agreement_kernel
+from modelrollout.core.fairness import Facet, bias_kernel
 from modelrollout.core.kernels import IntArray, Kernel, kernel_for
 from modelrollout.core.problem import DataError as DataError  # re-exported: callers catch it from here
 from modelrollout.core.problem import FloatArray as FloatArray
 from modelrollout.core.problem import Problem as Problem
 from modelrollout.core.problem import encode as encode
 from modelrollout.core.slices import SliceReport as SliceReport
-from modelrollout.core.slices import gap_kernel, slice_reports
+from modelrollout.core.slices import gap_kernel, group_figures, slice_reports
 
 #: Resamples drawn per chunk; bounds memory to chunk * rows * 8 bytes.
 CHUNK_CELLS = 4_000_000
@@ -53,8 +54,9 @@ _WHY = {
 
 def undefined(values: Mapping[str, float]) -> dict[str, str]:
     """Why each undefined (NaN) figure has no value, in words for a report."""
-    return {k: f"{k} undefined: {_WHY.get(k, 'no rows to compute it from')}" for k, v in values.items()
-            if not np.isfinite(v)}
+    bias = "a facet has no rows of the kind this measure divides by (or no rows at all)"
+    return {k: f"{k} undefined: {_WHY.get(k, bias if k.startswith('bias_') else 'no rows to compute it from')}"
+            for k, v in values.items() if not np.isfinite(v)}
 
 
 def confusion_matrix(pb: Problem) -> list[list[int]]:
@@ -138,8 +140,14 @@ def compare(
     resamples: int = 1000,
     seed: int = 0,
     slices: Mapping[str, Sequence[Any]] | None = None,
+    min_group_rows: int = 1,
+    facet: Facet | None = None,
 ) -> Comparison:
-    """Score the candidate (and the baseline on the same rows), with paired bootstrap intervals."""
+    """Score the candidate (and the baseline on the same rows), with paired bootstrap intervals.
+
+    With a baseline, the candidate's figures include how far its outputs are from the baseline's
+    (core/agreement.py); with a facet (a slice column), Clarify's bias measures (core/fairness.py).
+    """
     if baseline is not None and baseline.n != candidate.n:
         raise DataError(f"baseline has {baseline.n} rows, candidate {candidate.n}: not the same hold-out")
     if baseline is not None and (candidate.scores is None) != (baseline.scores is None):
@@ -147,24 +155,31 @@ def compare(
         raise DataError(f"the {has}'s predictions have scores (probabilities) and the {lacks}'s do not: give "
                         "both or neither, so roc_auc, pr_auc and log_loss compare like with like")
 
-    def kernel(pb: Problem) -> Kernel:
-        figures = kernel_for(pb)
-        if not slices:
-            return figures
-        gaps = gap_kernel(pb, slices)
-        return lambda idx: {**figures(idx), **gaps(idx)}
+    codes = facet.codes(slices[facet.column]) if facet is not None and slices else None
 
-    kernels = [kernel(candidate)] + ([kernel(baseline)] if baseline is not None else [])
+    def kernel(pb: Problem, other: Problem | None = None) -> Kernel:
+        parts = [kernel_for(pb)]
+        if slices:
+            parts.append(gap_kernel(pb, slices, min_group_rows))
+        if codes is not None:
+            parts.append(bias_kernel(pb, codes))
+        if other is not None:
+            parts.append(agreement_kernel(pb, other))
+        return lambda idx: {k: v for part in parts for k, v in part(idx).items()}
+
+    kernels = [kernel(candidate, baseline)] + ([kernel(baseline)] if baseline is not None else [])
     dists = bootstrap_distributions(kernels, candidate.n, resamples, seed) if resamples > 0 else []
+    every = np.arange(candidate.n, dtype=np.int64)[None, :]
 
-    def report(pb: Problem, dist: dict[str, FloatArray] | None) -> QualityReport:
+    def report(pb: Problem, dist: dict[str, FloatArray] | None, other: Problem | None = None) -> QualityReport:
         m = metrics(pb)
         cm = confusion_matrix(pb) if pb.task != "regression" else None
-        sl = slice_reports(pb, slices) if slices else []
-        for s in sl:
-            for metric, gap in s.gaps.items():
-                name = metric + SLICE_GAP_SUFFIX
-                m[name] = max(m.get(name, gap), gap)
+        sl = slice_reports(pb, slices, min_group_rows) if slices else []
+        m.update(group_figures(sl))
+        if codes is not None:
+            m.update({k: float(v[0]) for k, v in bias_kernel(pb, codes)(every).items()})
+        if other is not None:
+            m.update({k: float(v[0]) for k, v in agreement_kernel(pb, other)(every).items()})
         dist = {k: d for k, d in (dist or {}).items() if k in m}  # no gap value (under two groups): no interval
         ivs = {}
         for k, d in dist.items():
@@ -173,7 +188,7 @@ def compare(
                 ivs[k] = iv
         return QualityReport(m, ivs, sl, cm, pb.n, undefined(m), dist)
 
-    cand = report(candidate, dists[0] if dists else None)
+    cand = report(candidate, dists[0] if dists else None, baseline)
     base = report(baseline, dists[1] if len(dists) > 1 else None) if baseline is not None else None
     delta: dict[str, float] = {}
     delta_iv: dict[str, Interval] = {}

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelrollout.core import groups
 from modelrollout.core.gates import Decision, Evidence, GateResult, detectable, worse
 from modelrollout.core.quality import Interval, QualityReport
 from modelrollout.core.slo import describe
@@ -81,7 +82,7 @@ def _quality(q: QualityReport | None) -> dict[str, Any] | None:
         "undefined": dict(q.undefined),  # figure -> why it is null
         "confusionMatrix": q.confusion,
         "slices": [
-            {"column": s.column, "sizes": s.sizes, "gaps": s.gaps,
+            {"column": s.column, "sizes": s.sizes, "gaps": s.gaps, "worst": s.worst, "minRows": s.min_rows,
              "groups": {g: {k: _num(v) for k, v in m.items()} for g, m in s.groups.items()}}
             for s in q.slices
         ],
@@ -337,11 +338,17 @@ def _columns(header: list[str], body: list[list[str]]) -> list[str]:
     return lines
 
 
+def _gated(rep: Report) -> list[str]:
+    return [g.metric for g in rep.gates]
+
+
 def to_text(rep: Report) -> str:
     lines = [*_columns(HEADER, rows(rep)), LEGEND, ""]
     sw = rep.evidence.sweep
     if sw is not None:
         lines += [*_columns(SWEEP_HEADER, sweep_rows(sw)), sweep_legend(sw), ""]
+    for title, header, body in groups.tables(rep.task, rep.candidate_quality, rep.baseline_quality, _gated(rep)):
+        lines += [title, *_columns(header, body), ""]
     extra = notes(rep)
     lines += [*extra, ""] if extra else []
     lines.append(f"decision: {rep.decision.outcome} ({rep.decision.reason})")
@@ -361,6 +368,9 @@ def to_markdown(rep: Report) -> str:
         out += ["", "| " + " | ".join(SWEEP_HEADER) + " |", "|" + "---|" * len(SWEEP_HEADER)]
         out += ["| " + " | ".join(r) + " |" for r in sweep_rows(sw)]
         out += ["", sweep_legend(sw)]
+    for title, header, body in groups.tables(rep.task, rep.candidate_quality, rep.baseline_quality, _gated(rep)):
+        out += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
     extra = notes(rep)
     out += ["", *extra] if extra else []
     failing = [g for g in rep.gates if not g.passed]

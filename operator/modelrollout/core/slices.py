@@ -4,8 +4,13 @@ A gate on `<metric>_slice_gap` with `confidence` needs the gap's spread, not onl
 gap is recomputed in every resample of the whole hold-out (the same drawn rows as every other
 figure, so the candidate - baseline change is paired): each row's group travels with it, group
 figures come from bincounts over (resample, group, code), the formulas are kernels.py's, and the gap
-is the best minus the worst group, the largest over the slice columns as for the point value. Costs
-about one more pass over the draws per slice column.
+is the best minus the worst group, the largest over the slice columns as for the point value; the
+worst group's figure (`<metric>_worst_group`) is the worst over every slice column. Costs about one more
+pass over the draws per slice column.
+
+A group with fewer rows than `quality.minGroupRows` in the hold-out is reported with its figures but
+takes no part in a gap or a worst group: its figure is mostly noise, and a gate on it would reject
+good models at random.
 
 A group that draws no rows in a resample has no figures there, and a figure undefined in a group
 (0/0) leaves that group out, as for the point value. A gap needs two defined groups: with fewer
@@ -22,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from modelrollout.core.figures import QUALITY, SLICE_GAP_SUFFIX
+from modelrollout.core.figures import QUALITY, SLICE_GAP_SUFFIX, WORST_GROUP_SUFFIX, higher_is_better
 from modelrollout.core.kernels import (
     IntArray,
     Kernel,
@@ -49,14 +54,19 @@ class SliceReport:
     groups: dict[str, dict[str, float]]  # group value -> metric -> value
     sizes: dict[str, int]
     gaps: dict[str, float]  # metric -> best minus worst group
+    worst: dict[str, str]  # metric -> the worst gated group
+    min_rows: int = 1  # groups with fewer rows are reported, not gated
+
+    def gated(self, group: str) -> bool:
+        return self.sizes.get(group, 0) >= self.min_rows
 
 
 def _labels(values: Sequence[Any]) -> npt.NDArray[np.str_]:
     return np.asarray([str(x) for x in values])
 
 
-def slice_reports(pb: Problem, slice_columns: Mapping[str, Sequence[Any]]) -> list[SliceReport]:
-    """Per-group figures for each slice column, and the gap between best and worst group."""
+def slice_reports(pb: Problem, slice_columns: Mapping[str, Sequence[Any]], min_rows: int = 1) -> list[SliceReport]:
+    """Per-group figures for each slice column, the gap between best and worst group, and the worst."""
     out = []
     for column, values in slice_columns.items():
         v = _labels(values)
@@ -68,11 +78,27 @@ def slice_reports(pb: Problem, slice_columns: Mapping[str, Sequence[Any]]) -> li
             groups[g] = {k: float(x[0]) for k, x in kernel(rows).items()}
             sizes[g] = int(rows.shape[1])
         gaps: dict[str, float] = {}
+        worst: dict[str, str] = {}
         for m in QUALITY[pb.task]:
-            vals = [gm[m] for gm in groups.values() if m in gm and np.isfinite(gm[m])]
+            vals = {g: gm[m] for g, gm in groups.items() if sizes[g] >= min_rows and np.isfinite(gm.get(m, np.nan))}
             if len(vals) >= 2:
-                gaps[m] = float(max(vals) - min(vals))
-        out.append(SliceReport(column, groups, sizes, gaps))
+                gaps[m] = float(max(vals.values()) - min(vals.values()))
+            if vals:
+                pick = min if higher_is_better(m) else max
+                worst[m] = pick(vals, key=lambda g: vals[g])
+        out.append(SliceReport(column, groups, sizes, gaps, worst, min_rows))
+    return out
+
+
+def group_figures(reports: Sequence[SliceReport]) -> dict[str, float]:
+    """`<metric>_slice_gap` (the largest over the columns) and `<metric>_worst_group` (the worst)."""
+    out: dict[str, float] = {}
+    for s in reports:
+        for m, g in s.gaps.items():
+            out[m + SLICE_GAP_SUFFIX] = max(out.get(m + SLICE_GAP_SUFFIX, g), g)
+        for m, group in s.worst.items():
+            v, name = s.groups[group][m], m + WORST_GROUP_SUFFIX
+            out[name] = v if name not in out else (min if higher_is_better(m) else max)(out[name], v)
     return out
 
 
@@ -229,25 +255,41 @@ def gap(values: FloatArray) -> FloatArray:
     return np.where(ok.sum(axis=-1) >= 2, hi - lo, np.nan)
 
 
-def gap_kernel(pb: Problem, slice_columns: Mapping[str, Sequence[Any]]) -> Kernel:
-    """`<metric>_slice_gap` per draw: the largest gap over the slice columns that define it."""
+def worst(values: FloatArray, metric: str) -> FloatArray:
+    """The worst of the defined groups (last axis); NaN with none defined."""
+    ok = np.isfinite(values)
+    if higher_is_better(metric):
+        w = np.where(ok, values, np.inf).min(axis=-1)
+    else:
+        w = np.where(ok, values, -np.inf).max(axis=-1)
+    return np.where(ok.any(axis=-1), w, np.nan)
+
+
+def gap_kernel(pb: Problem, slice_columns: Mapping[str, Sequence[Any]], min_rows: int = 1) -> Kernel:
+    """`<metric>_slice_gap` (the largest over the slice columns) and `<metric>_worst_group` per draw."""
     columns = []
     for column, values in slice_columns.items():
         if len(values) != pb.n:
             raise DataError(f"slice column {column!r} has {len(values)} values for {pb.n} hold-out rows")
         _, group = np.unique(_labels(values), return_inverse=True)
+        group = group.astype(np.int64).ravel()
         groups = int(group.max()) + 1 if group.size else 0
-        columns.append(group_kernel(pb, group.astype(np.int64).ravel(), groups))
+        keep = np.bincount(group, minlength=groups) >= min_rows  # groups too small are not gated
+        if keep.any():
+            columns.append((group_kernel(pb, group, groups), keep))
     names = QUALITY[pb.task]
 
     def kernel(idx: IntArray) -> dict[str, FloatArray]:
         out: dict[str, FloatArray] = {}
-        for per_group in columns:
+        for per_group, keep in columns:
             for metric, values in per_group(idx).items():
                 if metric in names:
-                    name = metric + SLICE_GAP_SUFFIX
-                    g = gap(values)
+                    v = values[:, keep]
+                    g, w = gap(v), worst(v, metric)
+                    name, wname = metric + SLICE_GAP_SUFFIX, metric + WORST_GROUP_SUFFIX
                     out[name] = np.fmax(out[name], g) if name in out else g  # fmax: a NaN column does not hide
+                    pick = np.fmin if higher_is_better(metric) else np.fmax
+                    out[wname] = pick(out[wname], w) if wname in out else w
         return out
 
     return kernel

@@ -22,6 +22,9 @@ from pydantic_core import InitErrorDetails
 
 from modelrollout.core import history
 from modelrollout.core.figures import (
+    AGREEMENT,
+    DATA,
+    DATA_ONLY,
     PER_CELL,
     SYSTEM,
     TASKS,
@@ -31,6 +34,7 @@ from modelrollout.core.figures import (
     figures_for,
     task_for_metric,
 )
+from modelrollout.core.gatefit import Fairness, fit_errors
 from modelrollout.core.loadspec import SLO_FIGURES
 from modelrollout.core.loadspec import Load as Load
 from modelrollout.core.loadspec import SloSearch as SloSearch
@@ -176,6 +180,7 @@ class QualitySettings(_Model):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     resamples: int = Field(1000, ge=0, le=100000)
     seed: int = 0
+    min_group_rows: int = Field(30, ge=1, le=10_000_000)  # smaller slice groups are reported, never gated
 
 
 class Gate(_Model):
@@ -225,7 +230,8 @@ class Gate(_Model):
             )
         if self.min is not None and self.max is not None and self.min > self.max:
             raise _err("gate_range", f"min ({self.min:g}) is greater than max ({self.max:g})")
-        if self.confidence is not None and self.metric in SYSTEM and self.metric not in WINDOWED:
+        if self.confidence is not None and ((self.metric in SYSTEM and self.metric not in WINDOWED)
+                                            or self.metric in DATA):
             raise _err("gate_confidence", f"confidence needs a figure with an interval, and {self.metric!r} has "
                        f"none (quality figures, slice gaps and {', '.join(WINDOWED)} have one): remove confidence")
         if self.names_cell and self.metric not in PER_CELL:
@@ -234,6 +240,12 @@ class Gate(_Model):
         ctx = info.context or {}
         if self.relative and ctx.get("has_baseline") is False:
             raise _err("gate_baseline", f"{self.metric!r} has a relative bound but no baseline was given")
+        if self.relative and self.metric in DATA_ONLY:
+            raise _err("gate_bound", f"{self.metric!r} is a figure of the hold-out, the same for both models: "
+                       "bound it with min or max, not relative to the baseline")
+        if self.metric in AGREEMENT and (self.relative or ctx.get("has_baseline") is False):
+            raise _err("gate_baseline", f"{self.metric!r} compares the candidate with the baseline: it needs a "
+                       "baseline, and min or max (it is already a difference)")
         return self
 
 
@@ -264,12 +276,14 @@ class ModelRolloutSpec(_Model):
     gates: Annotated[list[Gate], Field(min_length=1)]
     promotion: Promotion = Promotion()
     tracking: Tracking = Tracking()
+    fairness: Fairness | None = None
     history_limit: int = Field(history.DEFAULT_LIMIT, ge=0, le=history.MAX_LIMIT)  # status.history entries kept
 
     @model_validator(mode="after")
     def _load_plan(self) -> ModelRolloutSpec:
         """Gates name cells of the sweep, and the sweep fits the evaluation's deadline; all problems at once."""
         errors = [e for i, g in enumerate(self.gates) if (e := _cell_error(i, g, self.load)) is not None]
+        errors += fit_errors([g.metric for g in self.gates], self.holdout.slice_columns, self.fairness)
         ld = self.load
         errors += [InitErrorDetails(type=_err(
             "gate_bound", f"{g.metric} comes from the throughput-at-SLO search: set load.latencySLO (the p99 "
@@ -320,6 +334,7 @@ class GatesFile(_Model):
     task: Task | None = None
     quality: QualitySettings = QualitySettings()
     gates: Annotated[list[Gate], Field(min_length=1)]
+    fairness: Fairness | None = None  # its facet must be a --slice-column
 
 
 def _snake(name: str) -> str:
@@ -372,7 +387,7 @@ def parse_gates_file(doc: Any, *, task: str | None, has_baseline: bool) -> Gates
     if isinstance(doc, Mapping) and doc.get("kind") == KIND:
         _, spec = parse_manifest(doc)
         parse_spec(doc["spec"], has_baseline=has_baseline)
-        return GatesFile(task=spec.task, quality=spec.quality, gates=spec.gates)
+        return GatesFile(task=spec.task, quality=spec.quality, gates=spec.gates, fairness=spec.fairness)
     if not isinstance(doc, Mapping):
         raise SpecError([Problem("(root)", f"must be a mapping, got {type(doc).__name__}")])
     ctx = {"task": task or _task_of(doc), "has_baseline": has_baseline}
