@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from modelrollout.core.drift import FeatureDrift
 from modelrollout.core.figures import Task
 from modelrollout.core.quality import DataError
 
@@ -221,6 +222,8 @@ class Holdout:
     slices: dict[str, list[Any]]
     summary: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    drift: list[FeatureDrift] = field(default_factory=list)  # against spec.drift.referenceRef, when given
+    drift_threshold: float | None = None
 
     @property
     def rows(self) -> int:

@@ -83,6 +83,12 @@ def parse_bounded(conn: Connection, job: ParseJob) -> None:
         data = conn.recv_bytes()
         df = read_table(data, job.name, job.fmt, bounds=job.bounds, sha256=job.sha256)
         del data
+        if not job.label_column:  # a drift reference: features only
+            from modelrollout.holdout_reference import reference_table
+
+            conn.send(("ok", reference_table(df, job.feature_columns or [], max_rows=job.max_rows, seed=job.seed,
+                                             name=job.name)))
+            return
         hold = prepare(df, task=job.task, label_column=job.label_column, feature_columns=job.feature_columns,
                        slice_columns=job.slice_columns, max_rows=job.max_rows, seed=job.seed, name=job.name,
                        echo_columns=job.echo_columns, bounds=job.bounds)

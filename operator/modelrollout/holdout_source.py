@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
+from modelrollout.core.sources import ReferenceSource
 from modelrollout.core.spec import Holdout as HoldoutSpec
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.holdout import Bounds, Holdout
@@ -38,9 +39,13 @@ from modelrollout.holdout_parse import MESSAGE_LIMIT, MIB, HoldoutError, ParseJo
 from modelrollout.holdout_s3 import fetch_s3
 
 __all__ = ["ANNOTATION_TOKEN_HOST", "HOSTS_HELM_VALUE", "MESSAGE_LIMIT", "HoldoutError", "Reach", "fetch", "load",
+           "load_reference",
            "special"]
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+Source = HoldoutSpec | ReferenceSource  # the hold-out, or the drift reference: the same kinds of source
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ class Reach:
 ConfigMapGetter = Callable[[str, str, str], Awaitable[bytes]]
 
 
-async def fetch(h: HoldoutSpec, namespace: str, reach: Reach, *, config_map: ConfigMapGetter,
+async def fetch(h: Source, namespace: str, reach: Reach, *, config_map: ConfigMapGetter,
                 secret: SecretGetter) -> tuple[bytes, str]:
     """The hold-out's bytes and a name for messages (its extension tells the format).
 
@@ -128,18 +133,18 @@ async def fetch(h: HoldoutSpec, namespace: str, reach: Reach, *, config_map: Con
                        "HoldoutInvalid")
 
 
-def _check_size(n: int, limit: int, h: HoldoutSpec, reach: Reach, name: str, what: str = "") -> None:
+def _check_size(n: int, limit: int, h: Source, reach: Reach, name: str, what: str = "") -> None:
     if n > limit:
         bound = (f"spec.holdout.maxSize ({int(h.max_size)} bytes)" if limit == int(h.max_size) else
                  f"{limit} bytes, half the operator's hold-out memory budget of {reach.memory_budget // MIB} MiB")
         raise HoldoutError(f"{name}: {what or f'{n} bytes'} is more than {bound}", "HoldoutTooLarge")
 
 
-def _sizer(limit: int, h: HoldoutSpec, reach: Reach, name: str) -> TooLarge:
+def _sizer(limit: int, h: Source, reach: Reach, name: str) -> TooLarge:
     return lambda n, what: _check_size(n, limit, h, reach, name, what)
 
 
-async def _fetch_url(h: HoldoutSpec, ns: str, reach: Reach, secret: SecretGetter, limit: int) -> tuple[bytes, str]:
+async def _fetch_url(h: Source, ns: str, reach: Reach, secret: SecretGetter, limit: int) -> tuple[bytes, str]:
     assert h.url is not None
     url, shown, host, port = checked_url(h.url.url, "spec.holdout.url", reach.url_hosts)
     headers: dict[str, str] = {}
@@ -149,7 +154,7 @@ async def _fetch_url(h: HoldoutSpec, ns: str, reach: Reach, secret: SecretGetter
                           timeout=reach.client_timeout), shown
 
 
-async def _token(h: HoldoutSpec, ns: str, secret: SecretGetter, host: str, port: int | None) -> str:
+async def _token(h: Source, ns: str, secret: SecretGetter, host: str, port: int | None) -> str:
     assert h.url is not None and h.url.secret_ref is not None
     ref = h.url.secret_ref
     token = (await pinned_secret(secret, ns, ref.name, ref.key, host, port, "the hold-out URL")).strip()
@@ -160,7 +165,7 @@ async def _token(h: HoldoutSpec, ns: str, secret: SecretGetter, host: str, port:
 
 
 # --- PVC ----------------------------------------------------------------------------------
-def _read_pvc(h: HoldoutSpec, ns: str, reach: Reach, limit: int) -> tuple[bytes, str]:
+def _read_pvc(h: Source, ns: str, reach: Reach, limit: int) -> tuple[bytes, str]:
     """A regular file inside <root>/<namespace>/<claim>, checked after symlinks and again on the open fd."""
     assert h.pvc is not None
     claim, rel = h.pvc.claim_name, h.pvc.path
@@ -218,4 +223,14 @@ async def load(data: bytes, name: str, spec: ModelRolloutSpec, reach: Reach, *, 
     h = spec.holdout
     job = ParseJob(name, h.format, spec.task, h.label_column, h.feature_columns, list(h.slice_columns), h.max_rows,
                    h.seed, echo_columns, reach.bounds, reach.memory_budget, h.sha256)
+    return await parse(data, job, reach.parse_timeout)
+
+
+async def load_reference(data: bytes, name: str, spec: ModelRolloutSpec, holdout: Holdout, reach: Reach, *,
+                         echo_columns: bool) -> Holdout:
+    """Parse the reference set in a child under the memory budget, as the hold-out (its feature columns only)."""
+    assert spec.drift is not None
+    r = spec.drift.reference_ref
+    job = ParseJob(name, r.format, spec.task, "", [str(c) for c in holdout.features.columns], [], r.max_rows, r.seed,
+                   echo_columns, reach.bounds, reach.memory_budget, r.sha256)
     return await parse(data, job, reach.parse_timeout)

@@ -7,10 +7,12 @@ ends in a Failed condition that says exactly that, with nothing created.
 from __future__ import annotations
 
 import copy
+import io
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 from kubernetes import client, config
@@ -95,6 +97,8 @@ BAD = [
     ("spec.colour", "blue", "unknown field \"spec.colour\""),
     # gates the spec can never compute (as the parser: core/gatefit.py)
     ("spec.gates.0", {"metric": "bias_di", "min": 0.8}, "a bias_ measure is between two facets"),
+    ("spec.gates.0", {"metric": "drift_psi_max", "max": 0.25}, "compare the hold-out with a reference set"),
+    ("spec.drift", {"referenceRef": {}}, "exactly one of configMapRef, url, pvc, s3 or file"),
     ("spec.fairness", {"facet": "age", "disadvantaged": ["60+"]}, "fairness.facet must be one of holdout.sliceColumns"),
 ]
 
@@ -140,6 +144,7 @@ def test_the_api_server_and_the_engine_agree_on_every_metric(api: client.CustomO
         body["spec"]["gates"] = [{"metric": metric, "max": 1e9}]
         body["spec"].setdefault("load", {})["latencySLO"] = "100ms"  # the SLO figures need a search
         body["spec"]["fairness"] = {"facet": body["spec"]["holdout"]["sliceColumns"][0], "disadvantaged": ["x"]}
+        body["spec"]["drift"] = {"referenceRef": {"configMapRef": {"name": "ref", "key": "ref.csv"}}}
         accepted = create(api, body) is None
         assert accepted == (metric in allowed), (task, metric)
     assert set(SYSTEM) <= allowed
@@ -168,7 +173,18 @@ def test_operator_only_checks_end_in_a_failed_condition(scenario: Scenario, mode
         # can never exceed one half)
         "bad-data": ({"gates": [{"metric": "f1", "min": 0.5}, {"metric": "label_balance", "min": 0.6}]},
                      "HoldoutQuality", "gate 1 failed: label_balance"),
+        # the reference set's x0 is shifted by two standard deviations: drifted before anything is staged
+        "drifted": ({"gates": [{"metric": "f1", "min": 0.5}, {"metric": "drifted_features", "max": 0}],
+                     "drift": {"referenceRef": {"configMapRef": {"name": "reference", "key": "reference.csv"}}}},
+                    "HoldoutQuality", "gate 1 failed: drifted_features 1 is above the maximum 0"),
+        "no-reference": ({"gates": [{"metric": "f1", "min": 0.5}, {"metric": "drift_psi_max", "max": 0.25}],
+                          "drift": {"referenceRef": {"configMapRef": {"name": "ghost", "key": "r.csv"}}}},
+                         "HoldoutNotFound", "ConfigMap"),
     }
+    ref = pd.read_csv(io.StringIO(models.holdout_csv)).drop(columns=["label"])
+    ref["x0"] = ref["x0"] + 2 * ref["x0"].std()
+    scenario.cluster.kubectl("-n", scenario.ns, "create", "configmap", "reference",
+                             "--from-file=reference.csv=/dev/stdin", input=ref.to_csv(index=False))
     before = scenario.template()
     for name, (overrides, _, _) in cases.items():
         extra = {k: v for k, v in overrides.items() if k != "gates"}

@@ -225,4 +225,4 @@ def test_gates_that_can_never_be_computed_are_refused_naming_the_field() -> None
         from modelrollout.core.gatefit import fit_problems
         gf = parse_gates_file({"gates": [{"metric": "f1_worst_group", "min": 0.5}]}, task="binary-classification",
                               has_baseline=True)
-        raise SpecError(fit_problems([g.metric for g in gf.gates], [], gf.fairness, "--slice-column"))
+        raise SpecError(fit_problems([g.metric for g in gf.gates], [], gf.fairness, "--slice-column", False))

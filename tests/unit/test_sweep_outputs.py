@@ -217,7 +217,7 @@ def test_the_dashboard_draws_the_slo_curve_by_batch_size_from_series_the_exporte
     from modelrollout.exporter import FigureExporter
 
     d = json.loads((ROOT / "charts" / "modelrollout" / "files" / "dashboard.json").read_text())
-    bars = [p for p in d["panels"] if p["type"] == "barchart"]
+    bars = [p for p in d["panels"] if p["type"] == "barchart" and "SLO" in p["title"]]
     assert len(bars) == 1 and bars[0]["options"]["xField"] == "batch_size"
     assert [t["expr"].split("{")[0] for t in bars[0]["targets"]] == ["modelrollout_slo_rows_per_second"]
     assert bars[0]["transformations"][0]["id"] == "groupingToMatrix"

@@ -14,6 +14,7 @@ from modelrollout.core.spec import ModelRolloutSpec, parse_manifest
 from modelrollout.evaluation import Variant, evaluate_servers
 from modelrollout.exporter import export
 from modelrollout.holdout import prepare, read_table
+from modelrollout.holdout_reference import drift_between, reference_table
 from modelrollout.probes.resources import PrometheusSource, Source
 from modelrollout.serving.client import Endpoint
 
@@ -52,6 +53,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
                    task=spec.task, label_column=spec.holdout.label_column,
                    feature_columns=spec.holdout.feature_columns, slice_columns=spec.holdout.slice_columns,
                    max_rows=spec.holdout.max_rows, seed=spec.holdout.seed, name=str(path))
+    if spec.drift is not None:  # the CLI reads a local reference file, relative to the manifest
+        r = spec.drift.reference_ref
+        if not r.file:
+            raise UsageError("spec.drift.referenceRef: the CLI reads a local file; give spec.drift.referenceRef.file")
+        rpath = Path(r.file) if Path(r.file).is_absolute() else Path(args.file).parent / r.file
+        ref = reference_table(read_table(rpath, fmt=r.format, max_bytes=r.max_size, sha256=r.sha256),
+                              [str(c) for c in hold.features.columns], max_rows=r.max_rows, seed=r.seed,
+                              name=str(rpath))
+        hold.drift = drift_between(hold, ref, bins=spec.drift.bins, threshold=spec.drift.psi_threshold)
+        hold.drift_threshold = spec.drift.psi_threshold
 
     async def run() -> int:
         cand = Variant("candidate", endpoint(spec, args.candidate, "candidate"), src := await metrics_source(

@@ -31,6 +31,7 @@ from modelrollout.core.quality import DataError
 from modelrollout.core.spec import SpecError, parse_gates_file
 from modelrollout.core.text import cap
 from modelrollout.holdout import prepare, read_predictions, read_table
+from modelrollout.holdout_reference import drift_between, reference_table
 from modelrollout.serving.client import ServerError
 from modelrollout.serving.options import add_serve_arguments
 
@@ -50,7 +51,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     task = args.task or gf.task
     if task is None:
         raise UsageError("the task is needed: give --task or put `task:` in the gates file")
-    unfit = fit_problems([g.metric for g in gf.gates], args.slice_column or [], gf.fairness, "--slice-column")
+    unfit = fit_problems([g.metric for g in gf.gates], args.slice_column or [], gf.fairness, "--slice-column",
+                         drift=args.drift_reference is not None)
     if unfit:
         raise SpecError(unfit)
     df = read_table(args.holdout)
@@ -65,7 +67,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         positive_label=args.positive_label, n_features=hold.features.shape[1], slices=hold.slices,
         facet=gf.fairness.as_facet() if gf.fairness else None,
     )
-    rep = build_report(task, gf.gates, cmp, data_quality=hold.summary, holdout=hold.fingerprint)
+    drift = []
+    if args.drift_reference:
+        ref = reference_table(read_table(args.drift_reference), [str(c) for c in hold.features.columns], max_rows=None,
+                              seed=0, name=args.drift_reference)
+        drift = drift_between(hold, ref, bins=10, threshold=args.psi_threshold)
+    rep = build_report(task, gf.gates, cmp, data_quality=hold.summary, holdout=hold.fingerprint, drift=drift,
+                       drift_threshold=args.psi_threshold)
     spec = gates_doc.get("spec", gates_doc) if isinstance(gates_doc, dict) else None
     target = str(((spec or {}).get("targetRef") or {}).get("name") or "score")
     plots: dict[str, str] = {}
@@ -117,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--holdout", required=True, help="hold-out file: .csv, .parquet, .jsonl or .npz")
     s.add_argument("--label-column", required=True)
     s.add_argument("--slice-column", action="append", help="a column to report per-group figures for")
+    s.add_argument("--drift-reference", help="a reference set (same formats, no label needed) to measure each "
+                   "feature's drift from: drift_psi_max, drifted_features")
+    s.add_argument("--psi-threshold", type=float, default=0.25, help="a feature drifted at this PSI (default 0.25)")
     s.add_argument("--feature-column", action="append",
                    help="a column the model takes (repeat; default: every column but the label and slices); "
                         "adjusted_r2 counts these")

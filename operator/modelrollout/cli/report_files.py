@@ -27,6 +27,7 @@ from modelrollout.core.report import (
     rows,
     sweep_legend,
     sweep_rows,
+    tables,
     to_json,
     to_markdown,
 )
@@ -138,7 +139,22 @@ def report_plots(rep: Report, y_true: np.ndarray | None = None,
     by_group = groups_plot(rep)
     if by_group:
         out["By group"] = by_group
+    drift = rep.details.get("drift")
+    if drift and drift.get("features"):
+        out["Drift by feature"] = drift_plot(drift)
     return out
+
+
+def drift_plot(drift: Mapping[str, Any]) -> str:
+    """PSI per feature, the most drifted first, against the threshold."""
+    feats = drift["features"][:20]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(feats) + 1.2))
+    ax.barh([f["feature"][:30] for f in feats][::-1], [f["psi"] or 0 for f in feats][::-1],
+            color=["#b00" if f["drifted"] else COLORS["candidate"] for f in feats][::-1])
+    ax.axvline(drift["psiThreshold"], color="#444", linestyle="--", label=f"threshold {drift['psiThreshold']:g}")
+    ax.set_xlabel("PSI (hold-out against the reference)")
+    ax.legend(fontsize=8)
+    return _png(fig)
 
 
 def _table(header: list[str], body: list[list[str]]) -> str:
@@ -154,8 +170,7 @@ def _pair(a: float | None, b: float | None) -> str:
 def slice_tables(rep: Report) -> str:
     """Per group of each slice column: rows, and the figures the gates name per group, both models."""
     return "".join(f"<h2>{html.escape(title[:1].upper() + title[1:])}</h2>" + _table(header, body)
-                   for title, header, body in groups.tables(rep.task, rep.candidate_quality, rep.baseline_quality,
-                                                            [g.metric for g in rep.gates]))
+                   for title, header, body in tables(rep))
 
 
 def groups_plot(rep: Report) -> str | None:

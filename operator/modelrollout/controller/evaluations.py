@@ -23,6 +23,7 @@ from modelrollout.controller.tracker import Tracker
 from modelrollout.core import groups
 from modelrollout.core.dataquality import data_gate_failures, data_status
 from modelrollout.core.decide import ANNOTATION_RETRY
+from modelrollout.core.drift import drift_figures
 from modelrollout.core.pods import MeasuredPod, PodProblems, measured_pod, pod_problems, time_to_ready
 from modelrollout.core.quality import DataError
 from modelrollout.core.report import Report, gate_dict, sweep_status
@@ -31,6 +32,7 @@ from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.core.text import cap
 from modelrollout.evaluation import Measured, Variant, evaluate_servers
 from modelrollout.holdout import Holdout
+from modelrollout.holdout_reference import drift_between
 from modelrollout.kube import objects
 from modelrollout.kube.api import Kube, NotFound, pod_requests, run
 from modelrollout.opmetrics import OperatorMetrics
@@ -107,7 +109,9 @@ class Evaluations:
             loaded = await holdout_source.load(data, name, spec, self.reach, echo_columns=not fetched)
             if spec.fairness is not None:  # a facet with no rows on one side is refused before staging
                 spec.fairness.as_facet().codes(loaded.slices[spec.fairness.facet])
-            failed = data_gate_failures(spec.gates, loaded.summary)
+            if spec.drift is not None:
+                await self._load_drift(spec, ns, loaded, config_map, secret)
+            failed = data_gate_failures(spec.gates, loaded.summary, drift_figures(loaded.drift))
             if failed is not None:
                 return cap(failed, 600), "HoldoutQuality"
             self.holdouts[key] = loaded
@@ -116,6 +120,17 @@ class Evaluations:
         except DataError as e:
             return cap(f"hold-out: {e}", 600), "HoldoutInvalid"
         return None
+
+    async def _load_drift(self, spec: ModelRolloutSpec, ns: str, loaded: Holdout, config_map: Any,
+                          secret: Any) -> None:
+        """The drift reference, read as the hold-out is (its bytes are never kept): the features' drift."""
+        assert spec.drift is not None
+        ref = spec.drift.reference_ref
+        data, name = await holdout_source.fetch(ref, ns, self.reach, config_map=config_map, secret=secret)
+        parsed = await holdout_source.load_reference(data, f"drift reference {name}", spec, loaded, self.reach,
+                                      echo_columns=ref.url is None and ref.s3 is None)
+        loaded.drift = drift_between(loaded, parsed, bins=spec.drift.bins, threshold=spec.drift.psi_threshold)
+        loaded.drift_threshold = spec.drift.psi_threshold
 
     def start(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> None:
         key = f"{body['metadata']['uid']}:{body['metadata'].get('generation', 1)}"
@@ -165,6 +180,7 @@ class Evaluations:
                     "groups": groups.status_form(report.candidate_quality, report.baseline_quality, spec.task,
                                                  [g.metric for g in spec.gates]) or None,
                     "dataQuality": data_status(report.data_quality),
+                    "drift": report.details.get("drift"),
                 })
                 self.metrics.figures.observe(report, name, ns)
                 if self.tracker is not None and self.tracker.on:  # after the record: no decision waits for MLflow

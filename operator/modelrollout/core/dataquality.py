@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modelrollout.core.figures import DATA
+from modelrollout.core.figures import DATA, DATA_ONLY
 from modelrollout.core.gates import Evidence, Verdict, evaluate_gate
 from modelrollout.core.spec import Gate
 
@@ -47,18 +47,20 @@ def missing_columns(summary: Mapping[str, Any], limit: int = 5) -> list[str]:
     return [f"{k} ({100 * v / rows:.3g}%)" for v, k in missing[:limit]]
 
 
-def data_gate_failures(gates: Sequence[Gate], summary: Mapping[str, Any]) -> str | None:
-    """The blocking gates on figures of the hold-out that fail: known before anything is staged.
+def data_gate_failures(gates: Sequence[Gate], summary: Mapping[str, Any],
+                       drift: Mapping[str, float] | None = None) -> str | None:
+    """The blocking gates on figures of the hold-out (and its drift) that fail: known before anything is staged.
 
     Inconclusive gates (a figure the summary lacks) are left to the full evaluation, which says why.
     """
-    ev = Evidence(data_figures(summary), samples={k: int(summary.get("rows", 0)) for k in DATA})
-    failed = [r for i, g in enumerate(gates) if g.metric in DATA and not g.dry_run
+    figures = {**data_figures(summary), **(drift or {})}
+    ev = Evidence(figures, samples={k: int(summary.get("rows", 0)) for k in figures})
+    failed = [r for i, g in enumerate(gates) if g.metric in figures and g.metric in DATA_ONLY and not g.dry_run
               for r in evaluate_gate(i, g, ev) if r.verdict is Verdict.FAIL]
     if not failed:
         return None
     parts = [f"gate {r.index} failed: {r.message}" for r in failed]
-    if any(r.metric.startswith("missing_percent") for r in failed) and missing_columns(summary):
+    if any("missing_percent" in r.metric for r in failed) and missing_columns(summary):
         parts.append("most missing: " + ", ".join(missing_columns(summary)))
     return "the hold-out fails its data gates before anything is staged: " + "; ".join(parts)
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from modelrollout.core.dataquality import data_figures
+from modelrollout.core.drift import FeatureDrift, drift_figures, drift_status
 from modelrollout.core.fairness import Facet
 from modelrollout.core.figures import Task
 from modelrollout.core.gates import Evidence, decide, evaluate
@@ -58,6 +59,7 @@ def build_report(
     candidate_system: SystemFigures | None = None, baseline_system: SystemFigures | None = None,
     data_quality: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None,
     level: float = 0.95, holdout: Mapping[str, Any] | None = None,
+    drift: Sequence[FeatureDrift] = (), drift_threshold: float = 0.25,
 ) -> Report:
     """Gather every figure into one Evidence, run the gates and decide."""
     cand: dict[str, float] = {}
@@ -79,7 +81,7 @@ def build_report(
             base = dict(quality.baseline.metrics)
             for k, v in quality.baseline.undefined.items():
                 why.setdefault(k, f"the baseline's {v}")
-    data = data_figures(data_quality or {})  # the same rows for both models
+    data = {**data_figures(data_quality or {}), **drift_figures(drift)}  # the same rows for both models
     cand.update(data)
     samples.update({k: int(data.get("rows", 0)) for k in data})
     if base is not None:
@@ -109,5 +111,6 @@ def build_report(
         task=task, evidence=ev, gates=results, decision=decide(results),
         candidate_quality=quality.candidate if quality else None,
         baseline_quality=quality.baseline if quality else None,
-        data_quality=dict(data_quality or {}), details=dict(details or {}), holdout=dict(holdout or {}),
+        data_quality=dict(data_quality or {}), holdout=dict(holdout or {}),
+        details={**(details or {}), **({"drift": drift_status(drift, drift_threshold)} if drift else {})},
     )

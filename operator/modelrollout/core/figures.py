@@ -65,10 +65,12 @@ BIAS_PRE: Final[tuple[str, ...]] = tuple("bias_" + n for n in ("ci", "dpl", "kl"
 #: figures of the hold-out itself (core/dataquality.py): known before anything is staged
 DATA: Final[tuple[str, ...]] = ("rows", "missing_percent", "worst_column_missing_percent", "duplicate_rows",
                                 "duplicate_percent", "label_balance")
+#: drift of the hold-out's features from a reference set (core/drift.py): known before anything is staged
+DRIFT: Final[tuple[str, ...]] = ("drift_psi_max", "drifted_features")
 #: the candidate against production on the same rows (core/agreement.py): need a baseline
 AGREEMENT: Final[tuple[str, ...]] = ("disagreement_rate", "mean_abs_score_diff", "max_abs_score_diff")
 #: figures that are the same for both models: a bound relative to the baseline means nothing
-DATA_ONLY: Final = frozenset(DATA + BIAS_PRE)
+DATA_ONLY: Final = frozenset(DATA + BIAS_PRE + DRIFT)
 
 
 def figures_for(task: Task) -> tuple[str, ...]:
@@ -77,7 +79,7 @@ def figures_for(task: Task) -> tuple[str, ...]:
     groups = tuple(m + s for s in (SLICE_GAP_SUFFIX, WORST_GROUP_SUFFIX) for m in quality)
     bias = BIAS_POST + BIAS_PRE if task == "binary-classification" else ()
     data = DATA if task != "regression" else tuple(d for d in DATA if d != "label_balance")
-    return quality + groups + SYSTEM + bias + data + AGREEMENT
+    return quality + groups + SYSTEM + bias + data + DRIFT + AGREEMENT
 
 
 def base_metric(metric: str) -> str:
@@ -93,7 +95,7 @@ def higher_is_better(metric: str) -> bool:
         return higher_is_better(base_metric(metric))
     return not (
         metric in _LOWER_IS_BETTER or metric.startswith("latency_") or metric.endswith(SLICE_GAP_SUFFIX)
-        or metric in AGREEMENT or (metric in DATA and metric not in ("rows", "label_balance"))
+        or metric in AGREEMENT or metric in DRIFT or (metric in DATA and metric not in ("rows", "label_balance"))
     )
 
 

@@ -13,7 +13,8 @@ from pydantic import Field, ValidationError
 from pydantic_core import InitErrorDetails
 
 from modelrollout.core.fairness import Facet
-from modelrollout.core.figures import BIAS_POST, BIAS_PRE, SLICE_GAP_SUFFIX, WORST_GROUP_SUFFIX
+from modelrollout.core.figures import BIAS_POST, BIAS_PRE, DRIFT, SLICE_GAP_SUFFIX, WORST_GROUP_SUFFIX
+from modelrollout.core.sources import ReferenceSource
 from modelrollout.core.specbase import Name, Problem, _err, _Model, _problems
 
 
@@ -28,11 +29,24 @@ class Fairness(_Model):
         return Facet(self.facet, tuple(self.disadvantaged), tuple(self.advantaged) if self.advantaged else None)
 
 
+class Drift(_Model):
+    """The reference set the hold-out's features are compared with (core/drift.py)."""
+
+    reference_ref: ReferenceSource
+    psi_threshold: float = Field(0.25, gt=0, le=100)  # a feature at or over it counts in drifted_features
+    bins: int = Field(10, ge=2, le=100)
+
+
 def fit_errors(metrics: Sequence[str], slice_columns: Sequence[str], fairness: Fairness | None,
-               where: str = "holdout.sliceColumns") -> list[InitErrorDetails]:
+               where: str = "holdout.sliceColumns", drift: bool = True,
+               drift_where: str = "drift.referenceRef") -> list[InitErrorDetails]:
     """One error per gate (by index) that the spec cannot compute, and one for a facet that is not a slice."""
     errors = []
     for i, m in enumerate(metrics):
+        if m in DRIFT and not drift:
+            errors.append(InitErrorDetails(type=_err(
+                "gate_drift", f"{m} compares the hold-out with a reference set: give {drift_where}"),
+                loc=("gates", i, "metric"), input=m))
         if m.endswith((SLICE_GAP_SUFFIX, WORST_GROUP_SUFFIX)) and not slice_columns:
             errors.append(InitErrorDetails(type=_err(
                 "gate_slices", f"{m} is a figure of groups, and there are none: name the group columns in {where}"),
@@ -55,9 +69,9 @@ def fit_errors(metrics: Sequence[str], slice_columns: Sequence[str], fairness: F
 
 
 def fit_problems(metrics: Sequence[str], slice_columns: Sequence[str], fairness: Fairness | None,
-                 where: str) -> list[Problem]:
+                 where: str, drift: bool) -> list[Problem]:
     """fit_errors as the problems a SpecError carries (for a gates file, whose slices come from flags)."""
-    errors = fit_errors(metrics, slice_columns, fairness, where)
+    errors = fit_errors(metrics, slice_columns, fairness, where, drift, "--drift-reference")
     if not errors:
         return []
     return _problems(ValidationError.from_exception_data("GatesFile", errors), "")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelrollout.core import groups
+from modelrollout.core.drift import DRIFT_HEADER, drift_rows
 from modelrollout.core.gates import Decision, Evidence, GateResult, detectable, worse
 from modelrollout.core.quality import Interval, QualityReport
 from modelrollout.core.slo import describe
@@ -338,8 +339,16 @@ def _columns(header: list[str], body: list[list[str]]) -> list[str]:
     return lines
 
 
-def _gated(rep: Report) -> list[str]:
-    return [g.metric for g in rep.gates]
+def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The facet tables (a slice column each) and the drift table: (title, header, rows)."""
+    out = groups.tables(rep.task, rep.candidate_quality, rep.baseline_quality, [g.metric for g in rep.gates])
+    d = rep.details.get("drift")
+    if d:
+        shown = f", the {len(d['features'])} most drifted of {d['featuresTotal']}" if d["featuresTotal"] > len(
+            d["features"]) else ""
+        out.append((f"drift from the reference set (PSI threshold {d['psiThreshold']:g}{shown})", DRIFT_HEADER,
+                    drift_rows(d)))
+    return out
 
 
 def to_text(rep: Report) -> str:
@@ -347,7 +356,7 @@ def to_text(rep: Report) -> str:
     sw = rep.evidence.sweep
     if sw is not None:
         lines += [*_columns(SWEEP_HEADER, sweep_rows(sw)), sweep_legend(sw), ""]
-    for title, header, body in groups.tables(rep.task, rep.candidate_quality, rep.baseline_quality, _gated(rep)):
+    for title, header, body in tables(rep):
         lines += [title, *_columns(header, body), ""]
     extra = notes(rep)
     lines += [*extra, ""] if extra else []
@@ -368,7 +377,7 @@ def to_markdown(rep: Report) -> str:
         out += ["", "| " + " | ".join(SWEEP_HEADER) + " |", "|" + "---|" * len(SWEEP_HEADER)]
         out += ["| " + " | ".join(r) + " |" for r in sweep_rows(sw)]
         out += ["", sweep_legend(sw)]
-    for title, header, body in groups.tables(rep.task, rep.candidate_quality, rep.baseline_quality, _gated(rep)):
+    for title, header, body in tables(rep):
         out += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
     extra = notes(rep)

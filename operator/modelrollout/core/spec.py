@@ -34,7 +34,7 @@ from modelrollout.core.figures import (
     figures_for,
     task_for_metric,
 )
-from modelrollout.core.gatefit import Fairness, fit_errors
+from modelrollout.core.gatefit import Drift, Fairness, fit_errors
 from modelrollout.core.loadspec import SLO_FIGURES
 from modelrollout.core.loadspec import Load as Load
 from modelrollout.core.loadspec import SloSearch as SloSearch
@@ -44,6 +44,12 @@ from modelrollout.core.promotion import GatewayAPI as GatewayAPI
 from modelrollout.core.promotion import Promotion as Promotion
 from modelrollout.core.promotion import PromQLGate as PromQLGate
 from modelrollout.core.promotion import TrafficRouting as TrafficRouting
+from modelrollout.core.sources import ConfigMapRef as ConfigMapRef
+from modelrollout.core.sources import PvcSource as PvcSource
+from modelrollout.core.sources import S3Credentials as S3Credentials
+from modelrollout.core.sources import S3Source as S3Source
+from modelrollout.core.sources import SecretKeyRef as SecretKeyRef
+from modelrollout.core.sources import UrlSource as UrlSource
 from modelrollout.core.specbase import _DNS1123, HOUR, MIB, MINUTE, Name, _bytes, _dur, _err, _Model, _problems
 from modelrollout.core.specbase import API_VERSION as API_VERSION
 from modelrollout.core.specbase import GROUP as GROUP
@@ -81,11 +87,6 @@ class Candidate(_Model):
     args: list[str] | None = None
 
 
-class SecretKeyRef(_Model):
-    name: Name
-    key: Name
-
-
 class Outputs(_Model):
     """The V2 output names asked for: predicted labels, and class probabilities (null: none asked)."""
     labels: Name = "predict"
@@ -110,37 +111,6 @@ class Staging(_Model):
     ready_timeout: Annotated[float, _dur(HOUR)] = 300.0
     # Evaluating has a deadline: a server that never answers, or a bug, ends in a rollback, not a loop.
     evaluation_timeout: Annotated[float, _dur(6 * HOUR)] = 1800.0
-
-
-class ConfigMapRef(_Model):
-    name: Name
-    key: Name
-
-
-class UrlSource(_Model):
-    url: Annotated[str, Field(pattern=r"^https?://")]
-    secret_ref: SecretKeyRef | None = None
-
-
-class S3Credentials(_Model):
-    """A Secret of the rollout's namespace holding an access key pair (the operator's own cloud
-    identity is never used for a tenant's object: that would lend it the operator's reach)."""
-
-    name: Name
-    access_key_id_key: Name = "AWS_ACCESS_KEY_ID"
-    secret_access_key_key: Name = "AWS_SECRET_ACCESS_KEY"
-
-
-class S3Source(_Model):
-    uri: Annotated[str, Field(max_length=1100, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\x00-\x1f]+$")]
-    endpoint: Annotated[str, Field(max_length=512, pattern=r"^https?://[^/?#@]+/?$")] | None = None  # default: AWS
-    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,32}$")] = "us-east-1"
-    secret_ref: S3Credentials | None = None  # none: an unsigned request (a public object)
-
-
-class PvcSource(_Model):
-    claim_name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
-    path: Name
 
 
 class Holdout(_Model):
@@ -277,13 +247,15 @@ class ModelRolloutSpec(_Model):
     promotion: Promotion = Promotion()
     tracking: Tracking = Tracking()
     fairness: Fairness | None = None
+    drift: Drift | None = None
     history_limit: int = Field(history.DEFAULT_LIMIT, ge=0, le=history.MAX_LIMIT)  # status.history entries kept
 
     @model_validator(mode="after")
     def _load_plan(self) -> ModelRolloutSpec:
         """Gates name cells of the sweep, and the sweep fits the evaluation's deadline; all problems at once."""
         errors = [e for i, g in enumerate(self.gates) if (e := _cell_error(i, g, self.load)) is not None]
-        errors += fit_errors([g.metric for g in self.gates], self.holdout.slice_columns, self.fairness)
+        errors += fit_errors([g.metric for g in self.gates], self.holdout.slice_columns, self.fairness,
+                             drift=self.drift is not None)
         ld = self.load
         errors += [InitErrorDetails(type=_err(
             "gate_bound", f"{g.metric} comes from the throughput-at-SLO search: set load.latencySLO (the p99 "

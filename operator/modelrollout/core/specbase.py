@@ -107,7 +107,7 @@ def _problems(err: ValidationError, prefix: str) -> list[Problem]:
         elif kind in {
             "metric", "duration", "size", "name", "holdout_source", "holdout_columns", "load_rate",
             "gate_bound", "gate_range", "gate_confidence", "gate_baseline", "canary_weights", "canary_routing",
-            "eval_timeout", "load_axis", "gate_cell", "gate_slices", "gate_facet", "fairness_facet",
+            "eval_timeout", "load_axis", "gate_cell", "gate_slices", "gate_facet", "fairness_facet", "gate_drift",
         }:
             pass
         else:
