@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -242,7 +243,8 @@ def test_helm_install_succeeds(cluster: Cluster, installed: str) -> None:
 
 
 @pytest.mark.parametrize(("verb", "resource", "allowed"), [
-    ("patch", "deployments.apps", True), ("get", "configmaps", True), ("list", "nodes", True),
+    ("patch", "deployments.apps", True), ("get", "configmaps", True), ("create", "configmaps", True),
+    ("list", "nodes", True),
     ("patch", "modelrollouts.modelrollout.dev/status", True),
     ("get", "secrets", False), ("list", "secrets", False), ("delete", "configmaps", False),
     ("create", "namespaces", False), ("delete", "nodes", False), ("get", "namespaces", True),
@@ -337,6 +339,20 @@ def test_kubectl_plugin(cluster: Cluster, scenario: Scenario, models: Models) ->
     assert out.returncode == 0, out.stderr
     row = r"^f1\s+0\.9\d+\s+0\.9\d+\s+\+0\.\d+\s+\[0\.\d+, 0\.\d+\]\s+min 0\.9000\s+Pass"
     assert re.search(row, out.stdout, re.M), out.stdout
+    # the operator stored the evaluation's HTML report, plots included, in a ConfigMap the rollout owns
+    end = time.monotonic() + 60
+    while not (stored := scenario.status("plug").get("report")) and time.monotonic() < end:
+        time.sleep(0.5)
+    assert stored and stored["configMap"] == "plug-report" and stored["plots"] == "all", stored
+    cm = json.loads(scenario.cluster.kubectl("-n", scenario.ns, "get", "configmap", "plug-report", "-o", "json").stdout)
+    uid = scenario.get("modelrollout", "plug")["metadata"]["uid"]
+    assert [r["uid"] for r in cm["metadata"]["ownerReferences"]] == [uid] and len(cm["binaryData"]) == 1
+    with tempfile.TemporaryDirectory() as tmp:
+        out = kubectl("report", "plug", "--dir", tmp)
+        assert out.returncode == 0 and "the operator's, plots: all" in out.stdout, out.stdout + out.stderr
+        page = (Path(tmp) / "index.html").read_text()
+        assert page.count("data:image/png;base64,") >= 2 and "<h2>Confusion matrices</h2>" in page
+        assert "<h2>ROC and precision-recall curves</h2>" in page and (Path(tmp) / "report.json").exists()
     assert kubectl("approve", "plug").returncode == 0
     assert scenario.wait_phase("plug", {"Promoted", "RolledBack"})["phase"] == "Promoted"
     promoted = scenario.template()

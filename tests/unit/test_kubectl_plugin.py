@@ -63,8 +63,10 @@ def test_get_shows_phase_step_weight_and_the_failing_gate() -> None:
     assert row("r", st) == ["r", "Canary", "1", "10%", "1/1 passed", "CanaryStep"]
     st = {"phase": "RolledBack", "reason": "GatesFailed", "gates": [
         {"metric": "f1", "bound": "min", "threshold": 0.9, "value": 0.95, "verdict": "Pass"},
+        {"metric": "recall_slice_gap", "bound": "max", "threshold": 0.1, "value": 0.3, "verdict": "Fail",
+         "dryRun": True},  # reported, never the failing gate
         {"metric": "latency_p99_ms", "bound": "max", "threshold": 15, "value": 22.5, "verdict": "Fail"}]}
-    assert row("r", st) == ["r", "RolledBack", "-", "-", "1/2 passed, failing: latency_p99_ms max 15 (value 22.5)",
+    assert row("r", st) == ["r", "RolledBack", "-", "-", "1/3 passed, failing: latency_p99_ms max 15 (value 22.5)",
                             "GatesFailed"]
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from modelrollout.cli.kubectl_view import cmd_get, cmd_report, completion
+from modelrollout.cli.kubectl_view import cmd_get, cmd_report, completion, namespace_of, rollout_of
 from modelrollout.core import history
 from modelrollout.core.decide import (
     ANNOTATION_ABORT,
@@ -22,24 +22,11 @@ from modelrollout.core.decide import (
     TERMINAL,
 )
 from modelrollout.core.report import STATUS_CELLS, from_status, to_text
-from modelrollout.kube.api import Kube, current_namespace
-
-
-def _namespace(args: argparse.Namespace) -> str:
-    return str(args.namespace) if args.namespace else current_namespace(args.kubeconfig, args.context)
-
-
-def _rollout(kube: Kube, args: argparse.Namespace) -> tuple[str, dict[str, Any] | None]:
-    ns = _namespace(args)
-    r = kube.get_rollout(ns, args.name)
-    if r is None:
-        print(f'Error from server (NotFound): modelrollouts.modelrollout.dev "{args.name}" not found in namespace '
-              f'"{ns}"', file=sys.stderr)
-    return ns, r
+from modelrollout.kube.api import Kube
 
 
 def cmd_list(kube: Kube, args: argparse.Namespace) -> int:
-    items = kube.list_all_rollouts() if args.all_namespaces else kube.list_rollouts(_namespace(args))
+    items = kube.list_all_rollouts() if args.all_namespaces else kube.list_rollouts(namespace_of(args))
     rows = [["NAMESPACE", "NAME", "TARGET", "PHASE", "DECISION", "MESSAGE"]]
     for item in items:
         st = item.get("status") or {}
@@ -53,7 +40,7 @@ def cmd_list(kube: Kube, args: argparse.Namespace) -> int:
 
 
 def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
-    ns, r = _rollout(kube, args)
+    ns, r = rollout_of(kube, args)
     if r is None:
         return 1
     st = r.get("status") or {}
@@ -82,7 +69,7 @@ def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
 
 
 def cmd_history(kube: Kube, args: argparse.Namespace) -> int:
-    ns = _namespace(args)
+    ns = namespace_of(args)
     entries = [(str(r["metadata"]["name"]), e) for r in kube.list_rollouts(ns)
                if (r.get("spec") or {}).get("targetRef", {}).get("name") == args.target
                for e in (r.get("status") or {}).get("history") or []]
@@ -122,7 +109,7 @@ def _refusal(command: str, phase: str, st: dict[str, Any]) -> str | None:
 
 
 def _annotate(kube: Kube, args: argparse.Namespace, annotations: dict[str, str], done: str) -> int:
-    ns, r = _rollout(kube, args)
+    ns, r = rollout_of(kube, args)
     if r is None:
         return 1
     st = r.get("status") or {}
@@ -137,7 +124,7 @@ def _annotate(kube: Kube, args: argparse.Namespace, annotations: dict[str, str],
 
 def cmd_promote(kube: Kube, args: argparse.Namespace) -> int:
     """In AwaitingApproval: approve (and with --full skip the canary); in Canary: end this step or all."""
-    _, r = _rollout(kube, args)
+    _, r = rollout_of(kube, args)
     if r is None:
         return 1
     st = r.get("status") or {}
@@ -159,7 +146,7 @@ VERBS: dict[str, tuple[str, str]] = {  # verb -> (argument, help)
     "abort": ("name", "abort: production goes back to exactly as before"),
     "undo": ("name", "put a Promoted rollout's target back to its previous template"),
     "retry": ("name", "start a finished rollout over"),
-    "report": ("name", "write the last evaluation's report (HTML, Markdown, JSON) from status"),
+    "report": ("name", "write the last evaluation's report: the operator's HTML with its plots, Markdown, JSON"),
     "completion": ("shell", "print a shell completion script (bash or zsh)"),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import sys
 import time
 from collections.abc import Mapping
@@ -11,20 +12,40 @@ from typing import Any
 
 from modelrollout.core.decide import TERMINAL
 from modelrollout.core.report import from_status
-from modelrollout.kube.api import Kube, current_namespace
+from modelrollout.core.text import cap
+from modelrollout.kube.api import Kube, NotFound, current_namespace
 
 WATCH_EVERY = 2.0  # seconds between reads while watching
 
 
 def gates_line(st: Mapping[str, Any]) -> str:
+    """How many gate checks passed, and the first that blocks, by the rule of the Failing column (a check that
+    failed or was inconclusive, never a dry run: it reports, it does not block)."""
     gates = st.get("gates") or []
     if not gates:
         return "-"
     verdicts = [str(g.get("verdict", "")) for g in gates]
-    failing = next((g for g in gates if g.get("verdict") == "Fail"), None)
     head = f"{verdicts.count('Pass')}/{len(gates)} passed"
-    return head if failing is None else f"{head}, failing: {failing.get('metric')} {failing.get('bound')} " \
-        f"{failing.get('threshold')} (value {failing.get('value')})"
+    g = next((g for g in gates if g.get("verdict") in ("Fail", "Inconclusive") and not g.get("dryRun")), None)
+    if g is None:
+        return head
+    t = g.get("threshold")
+    return f"{head}, failing: {g.get('metric')} {g.get('bound')} {f'{t:g}' if isinstance(t, int | float) else t}" \
+        f" (value {g.get('value')})"
+
+
+def namespace_of(args: argparse.Namespace) -> str:
+    return str(args.namespace) if args.namespace else current_namespace(args.kubeconfig, args.context)
+
+
+def rollout_of(kube: Kube, args: argparse.Namespace) -> tuple[str, dict[str, Any] | None]:
+    """The named rollout, or None after kubectl's NotFound line on stderr."""
+    ns = namespace_of(args)
+    r = kube.get_rollout(ns, args.name)
+    if r is None:
+        print(f'Error from server (NotFound): modelrollouts.modelrollout.dev "{args.name}" not found in namespace '
+              f'"{ns}"', file=sys.stderr)
+    return ns, r
 
 
 def row(name: str, st: Mapping[str, Any]) -> list[str]:
@@ -48,13 +69,10 @@ def fmt(line: list[str], name_width: int) -> str:
 def cmd_get(kube: Kube, args: argparse.Namespace) -> int:
     """One line; with --watch a new line each time phase, step, weight, gates or reason change, until the rollout
     ends (or Ctrl-C), as `kubectl get -w` does."""
-    ns = str(args.namespace) if args.namespace else current_namespace(args.kubeconfig, args.context)
     last: list[str] | None = None
     while True:
-        r = kube.get_rollout(ns, args.name)
+        _, r = rollout_of(kube, args)
         if r is None:
-            print(f'Error from server (NotFound): modelrollouts.modelrollout.dev "{args.name}" not found in '
-                  f'namespace "{ns}"', file=sys.stderr)
             return 1
         st = r.get("status") or {}
         line = row(args.name, st)
@@ -73,15 +91,13 @@ def cmd_get(kube: Kube, args: argparse.Namespace) -> int:
 
 
 def cmd_report(kube: Kube, args: argparse.Namespace) -> int:
-    """The last evaluation's report as files, rebuilt from status (figures, intervals, gates, sweep, hold-out);
-    the plots need the raw predictions, which status does not keep, so the HTML has tables only."""
+    """The last evaluation's report as files: report.json and report.md rebuilt from status, and the HTML the
+    operator stored with its plots (the <name>-report ConfigMap); without it, the HTML from status (tables
+    only: status keeps figures, not predictions)."""
     from modelrollout.cli.report_files import write_report_dir
 
-    ns = str(args.namespace) if args.namespace else current_namespace(args.kubeconfig, args.context)
-    r = kube.get_rollout(ns, args.name)
+    ns, r = rollout_of(kube, args)
     if r is None:
-        print(f'Error from server (NotFound): modelrollouts.modelrollout.dev "{args.name}" not found in namespace '
-              f'"{ns}"', file=sys.stderr)
         return 1
     st = r.get("status") or {}
     if not st.get("gates"):
@@ -89,7 +105,17 @@ def cmd_report(kube: Kube, args: argparse.Namespace) -> int:
               f"{st.get('phase', 'Pending')})", file=sys.stderr)
         return 1
     out = Path(args.dir or f"report-{args.name}")
-    write_report_dir(from_status(r["spec"]["task"], st), out, {})
+    paths = write_report_dir(from_status(r["spec"]["task"], st), out, {})
+    stored = (st.get("report") or {}).get("configMap")
+    if stored:
+        try:
+            paths["html"].write_bytes(gzip.decompress(kube.config_map_file(ns, stored, "report.html.gz")))
+            print(f"wrote {out}/index.html (the operator's, plots: {st['report'].get('plots')}), {out}/report.md "
+                  f"and {out}/report.json")
+            return 0
+        except (NotFound, OSError, EOFError) as e:
+            print(f"warning: the stored report {ns}/{stored} could not be read ({cap(str(e), 200)}); the HTML is "
+                  "rebuilt from status", file=sys.stderr)
     print(f"wrote {out}/index.html, {out}/report.md and {out}/report.json (no plots: status keeps figures, "
           "not predictions)")
     return 0

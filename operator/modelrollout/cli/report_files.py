@@ -222,6 +222,12 @@ def write_report_dir(rep: Report, folder: Path, plots: dict[str, str],
     paths = {"json": folder / "report.json", "markdown": folder / "report.md", "html": folder / "index.html"}
     paths["json"].write_text(json.dumps(to_json(rep), indent=2) + "\n")
     paths["markdown"].write_text(to_markdown(rep))
+    paths["html"].write_text(render_html(rep, plots, about))
+    return paths
+
+
+def render_html(rep: Report, plots: dict[str, str], about: dict[str, str] | None = None) -> str:
+    """The one HTML report every entry point writes: the CLI's folder, the operator's ConfigMap, MLflow."""
     table = "".join(
         "<tr>" + "".join(f"<td class='{html.escape(c)}'>{html.escape(c)}</td>" for c in r) + "</tr>"
         for r in rows(rep))
@@ -235,7 +241,7 @@ def write_report_dir(rep: Report, folder: Path, plots: dict[str, str],
     imgs = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
                    for title, b64 in plots.items())
     verdict = "promote" if rep.decision.promote else "reject"
-    paths["html"].write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>modelrollout report</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>modelrollout report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ddd;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}
 .Pass{{color:#080}}.Fail{{color:#b00;font-weight:bold}}.Inconclusive{{color:#b60}}
@@ -245,5 +251,4 @@ td,th{{border:1px solid #ddd;padding:3px 8px;text-align:right}}td:first-child{{t
 <p>{html.escape(LEGEND)}</p>{sweep}{slice_tables(rep)}{imgs}
 <h2>Provenance</h2>{_table(["what", "value"], provenance(rep, about))}
 </body></html>
-""")
-    return paths
+"""

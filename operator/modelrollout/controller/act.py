@@ -77,7 +77,7 @@ class Actions:
                           "candidate": None, "baseline": None, "capacity": None, "previousTemplate": None,
                           "promotedTemplateHash": None, "previousReplicas": None, "traffic": None, "sweep": None,
                           "sloSearch": None, "holdout": None, "tracking": None,
-                          "groups": None, "dataQuality": None, "drift": None,
+                          "groups": None, "dataQuality": None, "drift": None, "report": None,
                           "retried": meta.get("annotations", {}).get(ANNOTATION_RETRY)})
         elif a == "stage" and spec is not None and target is not None:
             sns = objects.staging_ns(body, spec)

@@ -12,12 +12,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiohttp
 
 from modelrollout import holdout_source
+from modelrollout.controller import stored_report
 from modelrollout.controller.settings import Settings
 from modelrollout.controller.tracker import Tracker
 from modelrollout.core import groups
@@ -121,6 +122,22 @@ class Evaluations:
             return cap(f"hold-out: {e}", 600), "HoldoutInvalid"
         return None
 
+    async def _store_report(self, body: Mapping[str, Any], spec: ModelRolloutSpec, report: Report,
+                            answers: tuple[Any, Mapping[str, Any]], images: Mapping[str, str]) -> None:
+        """The HTML report with its plots in the rollout's ConfigMap (stored_report.py); never fails the rollout."""
+        about = {"rollout": f"{body['metadata']['namespace']}/{body['metadata']['name']}",
+                 **{k: str(v) for k, v in images.items() if v}}
+        try:
+            data, note = await asyncio.to_thread(stored_report.render, report, answers, spec.holdout.positive_label,
+                                                 about)
+            await run(self.kube.apply, stored_report.config_map(body, data, note), body["metadata"]["uid"])
+            fields = stored_report.status_of(body, data, note)
+        except Exception as e:  # someone else's ConfigMap of that name, RBAC, a drawing bug: said in status
+            log.warning("report not stored for %s: %s: %s", body["metadata"]["name"], type(e).__name__, e)
+            fields = stored_report.status_of(body, None, f"not stored: {type(e).__name__}: {e}")
+        assert self.writer is not None
+        await self.writer.record(body["metadata"], {"report": fields})
+
     async def _load_drift(self, spec: ModelRolloutSpec, ns: str, loaded: Holdout, config_map: Any,
                           secret: Any) -> None:
         """The drift reference, read as the hold-out is (its bytes are never kept): the features' drift."""
@@ -130,6 +147,9 @@ class Evaluations:
         parsed = await holdout_source.load_reference(data, f"drift reference {name}", spec, loaded, self.reach,
                                       echo_columns=ref.url is None and ref.s3 is None)
         loaded.drift = drift_between(loaded, parsed, bins=spec.drift.bins, threshold=spec.drift.psi_threshold)
+        if spec.holdout.url is not None or spec.holdout.s3 is not None:  # the author may not read its header
+            position = {str(c): i for i, c in enumerate(loaded.features.columns)}
+            loaded.drift = [replace(f, feature=f"column {position[f.feature]}") for f in loaded.drift]
         loaded.drift_threshold = spec.drift.psi_threshold
 
     def start(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> None:
@@ -183,6 +203,7 @@ class Evaluations:
                     "drift": report.details.get("drift"),
                 })
                 self.metrics.figures.observe(report, name, ns)
+                await self._store_report(body, spec, report, (self.holdouts[key].labels, measured), images)
                 if self.tracker is not None and self.tracker.on:  # after the record: no decision waits for MLflow
                     self.tracker.start(body, spec, report, images, (self.holdouts[key].labels, measured))
             except Exception as e:  # any error, a bug or a server's nonsense included, ends the rollout: no loop

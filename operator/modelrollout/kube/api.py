@@ -246,6 +246,8 @@ class Kube:
             return self.apps, "deployment"
         if kind == "Service":
             return self.core, "service"
+        if kind == "ConfigMap":
+            return self.core, "config_map"
         raise ValueError(f"the operator writes no {kind}")
 
     def _owned(self, kind: str, ns: str, name: str, uid: str) -> dict[str, Any] | None:
@@ -273,9 +275,11 @@ class Kube:
         existing = self._owned(kind, ns, name, uid)
         if existing is None:  # deleted between the two calls: the next reconcile creates it
             return
-        self._call(getattr(api, f"patch_namespaced_{snake}"), name, ns, {
-            "metadata": {"labels": obj["metadata"]["labels"], "resourceVersion": existing["metadata"][
-                "resourceVersion"]}, "spec": obj["spec"]})
+        body = {k: obj[k] for k in ("spec", "data", "binaryData") if k in obj}  # a ConfigMap has no spec
+        meta = {"labels": obj["metadata"]["labels"], "resourceVersion": existing["metadata"]["resourceVersion"]}
+        if obj["metadata"].get("annotations"):  # merged: the annotations others set stay
+            meta["annotations"] = obj["metadata"]["annotations"]
+        self._call(getattr(api, f"patch_namespaced_{snake}"), name, ns, {"metadata": meta, **body})
 
     def delete(self, kind: str, ns: str, name: str, uid: str) -> bool:
         """Delete an object only if this rollout created it (and only that very object); False if it is not ours."""
