@@ -23,7 +23,8 @@ from modelrollout.opmetrics import OperatorMetrics
 
 log = logging.getLogger("modelrollout")
 RECORDS = frozenset({"candidate", "baseline", "gates", "capacity", "evaluation", "canary", "traffic",
-                     "sweep", "sloSearch", "holdout", "tracking", "history"})
+                     "sweep", "sloSearch", "holdout", "tracking", "history", "groups", "dataQuality", "drift",
+                     "report"})
 
 
 def now() -> datetime:

@@ -57,6 +57,10 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models, mlflow_s
     assert st["holdout"]["sha256"] == digest and st["holdout"]["rows"] == st["holdout"]["rowsUsed"] == rows
     assert st["holdout"]["bytes"] == len(models.holdout_csv.encode()) and len(st["holdout"]["schemaSha256"]) == 64
     assert st["decision"]["result"] == "Promoted"
+    # the hold-out's own figures and agreement with production reach status (and Prometheus, below)
+    assert st["dataQuality"]["figures"]["rows"] == rows and st["dataQuality"]["figures"]["missing_percent"] == 0
+    assert 0 < st["candidate"]["metrics"]["disagreement_rate"] < 0.5 and "disagreement_rate" not in st["baseline"][
+        "metrics"]
     wide = scenario.cluster.kubectl("-n", scenario.ns, "get", "modelrollouts", "-o", "wide").stdout.splitlines()
     assert wide[0].split() == ["NAME", "PHASE", "WEIGHT", "FAILING", "REASON", "AGE", "CANDIDATE", "DECIDED"], wide
     assert next(r for r in wide if r.startswith("good ")).split()[1:5] == ["Promoted", "100", "none", "Promoted"], wide
@@ -69,6 +73,7 @@ def test_good_candidate_is_promoted(scenario: Scenario, models: Models, mlflow_s
     schema = st["holdout"]["schemaSha256"]
     info = f'modelrollout_holdout_info{{namespace="{ns}",rollout="good",schema_sha256="{schema}",sha256="{digest}"}}'
     assert f"{info} 1.0" in metrics
+    assert f'modelrollout_data_rows{{namespace="{ns}",rollout="good",variant="candidate"}} {float(rows)}' in metrics
     assert f'modelrollout_sweep_rows_per_second{{batch_size="{sweep["batchSizes"][0]}"' in metrics
     assert f'modelrollout_rollout_phase{{namespace="{ns}",phase="Promoted",rollout="good"}} 1.0' in metrics
     assert f'modelrollout_gate_passed{{bound="min",dry_run="false",gate="0",metric="f1",namespace="{ns}"' in metrics
