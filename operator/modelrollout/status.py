@@ -73,13 +73,22 @@ def tracked(tracking: Mapping[str, Any] | None, generation: int, old: Mapping[st
             "lastTransitionTime": since, "observedGeneration": generation}
 
 
+def tracked_update(status: Mapping[str, Any], generation: int | None, t: datetime) -> dict[str, Any] | None:
+    """The Tracked condition status should carry now, or None when it carries it already (generation None:
+    whichever generation, for the question whether anything is due)."""
+    prev = next((c for c in status.get("conditions") or [] if c.get("type") == "Tracked"), None)
+    new = tracked(status.get("tracking"), generation or 0, prev, t)
+    keys = ("status", "reason", "message") + (() if generation is None else ("observedGeneration",))
+    if new is None or (prev is not None and all(prev.get(k) == new[k] for k in keys)):
+        return None
+    return new
+
+
 def tracking_behind(status: Mapping[str, Any]) -> bool:
     """Whether MLflow answered after the rollout ended and status does not say so yet (the Tracked
     condition, the history's run id): an ended rollout then keeps ticking until the reconcile wrote it."""
-    prev = next((c for c in status.get("conditions") or [] if c.get("type") == "Tracked"), None)
-    new = tracked(status.get("tracking"), 0, prev, datetime.now(UTC))
-    stale = new is not None and (prev is None or any(prev.get(k) != new[k] for k in ("status", "reason", "message")))
-    return stale or history.with_run(status.get("history"), status) is not None
+    due = tracked_update(status, None, datetime.now(UTC)) is not None
+    return due or history.with_run(status.get("history"), status) is not None
 
 
 def conditions(old: list[dict[str, Any]], step: Step, generation: int, t: datetime,
@@ -119,10 +128,8 @@ class StatusWriter:
         """Write the Tracked condition when MLflow answered after the last transition (an ended rollout
         has no more transitions); called from the reconcile, the only other writer of conditions."""
         old = list(status.get("conditions") or [])
-        prev = next((c for c in old if c.get("type") == "Tracked"), None)
-        new = tracked(status.get("tracking"), generation, prev, now())
-        same = ("status", "reason", "message", "observedGeneration")
-        if new is None or (prev is not None and all(prev.get(k) == new[k] for k in same)):
+        new = tracked_update(status, generation, now())
+        if new is None:
             return
         await run(self.kube.patch_status, meta["namespace"], meta["name"],
                   {"conditions": [*(c for c in old if c.get("type") != "Tracked"), new]})
