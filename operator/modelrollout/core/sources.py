@@ -45,8 +45,8 @@ class PvcSource(_Model):
     path: Name
 
 
-class ReferenceSource(_Model):
-    """Where the drift reference set is: one source, as for the hold-out (no label column needed)."""
+class Source(_Model):
+    """One source of a table (exactly one of configMapRef, url, pvc, s3 or file), its format and bounds."""
 
     config_map_ref: ConfigMapRef | None = None
     url: UrlSource | None = None
@@ -57,12 +57,17 @@ class ReferenceSource(_Model):
     max_rows: int | None = Field(None, ge=1, le=10_000_000)
     max_size: Annotated[float, _bytes(1024 * MIB)] = 256 * 2**20
     seed: int = 0
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None  # refuse any other bytes
 
     @model_validator(mode="after")
-    def _one_source(self) -> ReferenceSource:
-        given = [n for n in ("config_map_ref", "url", "pvc", "s3", "file") if getattr(self, n) is not None]
+    def _one_source(self) -> Source:
+        given = [n for n, f in (("configMapRef", "config_map_ref"), ("url", "url"), ("pvc", "pvc"), ("s3", "s3"),
+                                ("file", "file")) if getattr(self, f) is not None]
         if len(given) != 1:
-            raise _err("holdout_source", "drift.referenceRef: exactly one of configMapRef, url, pvc, s3 or file is "
-                       f"required, got {len(given)}")
+            raise _err("holdout_source", f"exactly one of configMapRef, url, pvc, s3 or file is required, got "
+                       f"{', '.join(given) or 'none'}")
         return self
+
+
+class ReferenceSource(Source):
+    """Where the drift reference set is, as for the hold-out (no label column needed)."""

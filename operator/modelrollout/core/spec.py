@@ -49,6 +49,7 @@ from modelrollout.core.sources import PvcSource as PvcSource
 from modelrollout.core.sources import S3Credentials as S3Credentials
 from modelrollout.core.sources import S3Source as S3Source
 from modelrollout.core.sources import SecretKeyRef as SecretKeyRef
+from modelrollout.core.sources import Source
 from modelrollout.core.sources import UrlSource as UrlSource
 from modelrollout.core.specbase import _DNS1123, HOUR, MIB, MINUTE, Name, _bytes, _dur, _err, _Model, _problems
 from modelrollout.core.specbase import API_VERSION as API_VERSION
@@ -113,28 +114,14 @@ class Staging(_Model):
     evaluation_timeout: Annotated[float, _dur(6 * HOUR)] = 1800.0
 
 
-class Holdout(_Model):
-    config_map_ref: ConfigMapRef | None = None
-    url: UrlSource | None = None
-    pvc: PvcSource | None = None
-    s3: S3Source | None = None
-    file: Name | None = None
-    format: Literal["csv", "parquet", "jsonl", "npz"] | None = None
+class Holdout(Source):
     label_column: Name
     feature_columns: list[Name] | None = None
     slice_columns: list[Name] = []
     positive_label: str | int | None = None
-    max_rows: int | None = Field(None, ge=1, le=10_000_000)
-    max_size: Annotated[float, _bytes(1024 * MIB)] = 256 * 2**20
-    seed: int = 0
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None  # refuse any other bytes
 
     @model_validator(mode="after")
-    def _one_source(self) -> Holdout:
-        given = [n for n in ("configMapRef", "url", "pvc", "s3", "file") if getattr(self, _snake(n)) is not None]
-        if len(given) != 1:
-            got = ", ".join(given) or "none"
-            raise _err("holdout_source", f"exactly one of configMapRef, url, pvc, s3 or file is required, got {got}")
+    def _columns(self) -> Holdout:
         if self.label_column in self.slice_columns:
             raise _err("holdout_columns", f"labelColumn {self.label_column!r} is also a slice column")
         return self
