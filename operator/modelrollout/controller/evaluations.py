@@ -18,8 +18,10 @@ from typing import Any, Literal
 import aiohttp
 
 from modelrollout import holdout_source
-from modelrollout.controller import stored_report
 from modelrollout.controller.settings import Settings
+from modelrollout.controller.stored_report import config_map as report_config_map
+from modelrollout.controller.stored_report import render as render_report
+from modelrollout.controller.stored_report import status_of as report_status
 from modelrollout.controller.tracker import Tracker
 from modelrollout.core import groups
 from modelrollout.core.dataquality import data_gate_failures, data_status
@@ -128,13 +130,13 @@ class Evaluations:
         about = {"rollout": f"{body['metadata']['namespace']}/{body['metadata']['name']}",
                  **{k: str(v) for k, v in images.items() if v}}
         try:
-            data, note = await asyncio.to_thread(stored_report.render, report, answers, spec.holdout.positive_label,
+            data, note = await asyncio.to_thread(render_report, report, answers, spec.holdout.positive_label,
                                                  about)
-            await run(self.kube.apply, stored_report.config_map(body, data, note), body["metadata"]["uid"])
-            fields = stored_report.status_of(body, data, note)
+            await run(self.kube.apply, report_config_map(body, data, note), body["metadata"]["uid"])
+            fields = report_status(body, data, note)
         except Exception as e:  # someone else's ConfigMap of that name, RBAC, a drawing bug: said in status
             log.warning("report not stored for %s: %s: %s", body["metadata"]["name"], type(e).__name__, e)
-            fields = stored_report.status_of(body, None, f"not stored: {type(e).__name__}: {e}")
+            fields = report_status(body, None, f"not stored: {type(e).__name__}: {e}")
         assert self.writer is not None
         await self.writer.record(body["metadata"], {"report": fields})
 
