@@ -361,7 +361,7 @@ async def evaluate_servers(
     base_sys, base_details = (system_figures(mb, baseline, spec, nodes) if mb and baseline else (None, None))
     report = build_report(spec.task, spec.gates, quality, candidate_system=cand_sys, baseline_system=base_sys,
                           data_quality=holdout.summary, holdout=holdout.fingerprint, drift=holdout.drift,
-                          drift_threshold=holdout.drift_threshold or 0.25,
+                          drift_threshold=spec.drift.psi_threshold if spec.drift else 0.25,
                           details={"candidate": cand_details, "baseline": base_details},
                           level=spec.quality.confidence)
     return report, measured

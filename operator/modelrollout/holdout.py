@@ -223,7 +223,6 @@ class Holdout:
     summary: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     drift: list[FeatureDrift] = field(default_factory=list)  # against spec.drift.referenceRef, when given
-    drift_threshold: float | None = None
 
     @property
     def rows(self) -> int:

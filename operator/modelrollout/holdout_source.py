@@ -20,8 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from modelrollout.core.sources import ReferenceSource
-from modelrollout.core.spec import Holdout as HoldoutSpec
+from modelrollout.core.sources import Source
 from modelrollout.core.spec import ModelRolloutSpec
 from modelrollout.holdout import Bounds, Holdout
 from modelrollout.holdout_http import (
@@ -43,9 +42,6 @@ __all__ = ["ANNOTATION_TOKEN_HOST", "HOSTS_HELM_VALUE", "MESSAGE_LIMIT", "Holdou
            "special"]
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-Source = HoldoutSpec | ReferenceSource  # the hold-out, or the drift reference: the same kinds of source
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
                               [str(c) for c in hold.features.columns], max_rows=r.max_rows, seed=r.seed,
                               name=str(rpath))
         hold.drift = drift_between(hold, ref, bins=spec.drift.bins, threshold=spec.drift.psi_threshold)
-        hold.drift_threshold = spec.drift.psi_threshold
 
     async def run() -> int:
         cand = Variant("candidate", endpoint(spec, args.candidate, "candidate"), src := await metrics_source(

@@ -152,7 +152,6 @@ class Evaluations:
         if spec.holdout.url is not None or spec.holdout.s3 is not None:  # the author may not read its header
             position = {str(c): i for i, c in enumerate(loaded.features.columns)}
             loaded.drift = [replace(f, feature=f"column {position[f.feature]}") for f in loaded.drift]
-        loaded.drift_threshold = spec.drift.psi_threshold
 
     def start(self, body: Mapping[str, Any], spec: ModelRolloutSpec) -> None:
         key = f"{body['metadata']['uid']}:{body['metadata'].get('generation', 1)}"

@@ -157,29 +157,29 @@ def compare(
 
     codes = facet.codes(slices[facet.column]) if facet is not None and slices else None
 
-    def kernel(pb: Problem, other: Problem | None = None) -> Kernel:
-        parts = [kernel_for(pb)]
-        if slices:
-            parts.append(gap_kernel(pb, slices, min_group_rows))
-        if codes is not None:
-            parts.append(bias_kernel(pb, codes))
-        if other is not None:
-            parts.append(agreement_kernel(pb, other))
+    def extras(pb: Problem, other: Problem | None = None) -> list[Kernel]:
+        """The bias measures and the agreement with `other`: figures whose point value is their kernel on
+        every row (the per-group figures' is computed group by group, in slice_reports)."""
+        return ([bias_kernel(pb, codes)] if codes is not None else []) + \
+            ([agreement_kernel(pb, other)] if other is not None else [])
+
+    def combined(parts: list[Kernel]) -> Kernel:
         return lambda idx: {k: v for part in parts for k, v in part(idx).items()}
 
-    kernels = [kernel(candidate, baseline)] + ([kernel(baseline)] if baseline is not None else [])
+    def kernel(pb: Problem, extra: list[Kernel]) -> Kernel:
+        return combined([kernel_for(pb), *([gap_kernel(pb, slices, min_group_rows)] if slices else []), *extra])
+
+    more = [extras(candidate, baseline)] + ([extras(baseline)] if baseline is not None else [])
+    kernels = [kernel(candidate, more[0])] + ([kernel(baseline, more[1])] if baseline is not None else [])
     dists = bootstrap_distributions(kernels, candidate.n, resamples, seed) if resamples > 0 else []
     every = np.arange(candidate.n, dtype=np.int64)[None, :]
 
-    def report(pb: Problem, dist: dict[str, FloatArray] | None, other: Problem | None = None) -> QualityReport:
+    def report(pb: Problem, dist: dict[str, FloatArray] | None, extra: list[Kernel]) -> QualityReport:
         m = metrics(pb)
         cm = confusion_matrix(pb) if pb.task != "regression" else None
         sl = slice_reports(pb, slices, min_group_rows) if slices else []
         m.update(group_figures(sl))
-        if codes is not None:
-            m.update({k: float(v[0]) for k, v in bias_kernel(pb, codes)(every).items()})
-        if other is not None:
-            m.update({k: float(v[0]) for k, v in agreement_kernel(pb, other)(every).items()})
+        m.update({k: float(v[0]) for k, v in combined(extra)(every).items()})
         dist = {k: d for k, d in (dist or {}).items() if k in m}  # no gap value (under two groups): no interval
         ivs = {}
         for k, d in dist.items():
@@ -188,8 +188,8 @@ def compare(
                 ivs[k] = iv
         return QualityReport(m, ivs, sl, cm, pb.n, undefined(m), dist)
 
-    cand = report(candidate, dists[0] if dists else None, baseline)
-    base = report(baseline, dists[1] if len(dists) > 1 else None) if baseline is not None else None
+    cand = report(candidate, dists[0] if dists else None, more[0])
+    base = report(baseline, dists[1] if len(dists) > 1 else None, more[1]) if baseline is not None else None
     delta: dict[str, float] = {}
     delta_iv: dict[str, Interval] = {}
     delta_dists: dict[str, FloatArray] = {}
